@@ -1,0 +1,84 @@
+//! Reading raw variables: envy over `(name, value)` pairs, `.env` via dotenvy.
+
+use serde::Deserialize;
+
+/// Every variable as the operator wrote it; empty strings are `None`.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Raw {
+    pub ct_server_url: Option<String>,
+    pub ct_upstream_url: Option<String>,
+    pub ct_upstream_ca_file: Option<String>,
+    pub ct_listen_addr: Option<String>,
+    pub ct_tls_cert_file: Option<String>,
+    pub ct_tls_key_file: Option<String>,
+    pub ct_cookie_secret: Option<String>,
+    pub ct_allow_unauthenticated: Option<String>,
+    pub ct_allowed_origins: Option<String>,
+    pub ct_log_format: Option<String>,
+    pub ct_header_read_timeout: Option<String>,
+    pub ct_shutdown_grace: Option<String>,
+    pub ct_sso_authorization_endpt: Option<String>,
+    pub ct_sso_token_endpt: Option<String>,
+    pub ct_sso_client_id: Option<String>,
+    pub ct_sso_client_secret: Option<String>,
+    pub ct_sso_provider: Option<String>,
+    pub ct_sso_scopes: Option<String>,
+    pub ct_sso_ca_file: Option<String>,
+    pub ct_sso_leeway: Option<String>,
+    /// `CT_SSO_*` names this gate does not know (likely typos), for a warning.
+    #[serde(skip)]
+    pub unknown_sso: Vec<String>,
+}
+
+/// `CT_SSO_*` variables the gate reads; anything else under that prefix is reported.
+const KNOWN_SSO: &[&str] = &[
+    "CT_SSO_AUTHORIZATION_ENDPT",
+    "CT_SSO_TOKEN_ENDPT",
+    "CT_SSO_CLIENT_ID",
+    "CT_SSO_CLIENT_SECRET",
+    "CT_SSO_PROVIDER",
+    "CT_SSO_SCOPES",
+    "CT_SSO_CA_FILE",
+    "CT_SSO_LEEWAY",
+];
+
+impl Raw {
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let mut unknown_sso = Vec::new();
+        let pairs: Vec<(String, String)> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .filter(|(k, v)| {
+                let upper = k.to_ascii_uppercase();
+                let ours = upper.starts_with("CT_");
+                if upper.starts_with("CT_SSO_") && !KNOWN_SSO.contains(&upper.as_str()) {
+                    unknown_sso.push(upper);
+                }
+                ours && !v.trim().is_empty()
+            })
+            .collect();
+        // Every field is an optional string, so envy cannot fail on values;
+        // a failure here would be a bug in this struct, reported as "nothing set".
+        let mut raw: Raw = envy::from_iter(pairs).unwrap_or_default();
+        unknown_sso.sort();
+        unknown_sso.dedup();
+        raw.unknown_sso = unknown_sso;
+        raw
+    }
+}
+
+/// The process environment, with `.env` values underneath (the real environment wins).
+pub(super) fn process_pairs() -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    if let Ok(iter) = dotenvy::from_path_iter(".env") {
+        pairs.extend(iter.flatten());
+    }
+    // Later pairs win in envy, so the real environment goes last.
+    pairs.extend(std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))));
+    pairs
+}

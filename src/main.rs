@@ -1,0 +1,68 @@
+//! The `ssogate` binary: read configuration, start telemetry, serve until a
+//! signal, drain. `ssogate check-config` validates and reaches the provider.
+
+use std::process::ExitCode;
+
+use ssogate::{App, Config, check, telemetry};
+
+fn main() -> ExitCode {
+    let command = std::env::args().nth(1);
+    if matches!(command.as_deref(), Some("--version" | "-V")) {
+        eprintln!("ssogate {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    if !matches!(command.as_deref(), None | Some("check-config")) {
+        eprintln!("usage: ssogate [check-config]  (configuration comes from CT_* environment variables and .env)");
+        return ExitCode::from(2);
+    }
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(errors) => {
+            errors.0.iter().for_each(|e| eprintln!("ssogate: configuration error: {e}"));
+            return ExitCode::from(2);
+        }
+    };
+    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
+        eprintln!("ssogate: cannot start the async runtime");
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(async move {
+        if command.is_some() {
+            return match check::check(&config).await {
+                Ok(lines) => {
+                    lines.iter().for_each(|l| eprintln!("ok: {l}"));
+                    ExitCode::SUCCESS
+                }
+                Err(lines) => {
+                    lines.iter().for_each(|l| eprintln!("ssogate: {l}"));
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        telemetry::init(config.log_format);
+        match App::build(config).await {
+            Ok(app) => {
+                app.run(shutdown_signal()).await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ssogate: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async { if tokio::signal::ctrl_c().await.is_err() { std::future::pending::<()>().await } };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => { s.recv().await; }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}

@@ -1,0 +1,157 @@
+//! Login options: the seam every way of signing in plugs into.
+//!
+//! The core (routes, gate, proxy) talks only to [`LoginOption`]; it never
+//! matches on a protocol. OpenID Connect is the first option; SAML, LDAP and
+//! CAS, and several OIDC providers at once, are further implementations and
+//! further variants of [`Config`], registered in one [`Registry`].
+
+pub mod oidc;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::identity::Identity;
+use crate::session::{LoginState, Session};
+
+/// How a login option is configured; `build` makes the runtime object.
+#[derive(Clone, Debug)]
+pub enum Config {
+    Oidc(oidc::Settings),
+}
+
+impl Config {
+    /// Builds the option and starts whatever background loading it needs
+    /// (discovery, keys). Must run inside a tokio runtime.
+    pub fn build(&self, callback_url: &str) -> Result<Arc<dyn LoginOption>, ProviderError> {
+        match self {
+            Config::Oidc(settings) => Ok(Arc::new(oidc::Oidc::start(settings.clone(), callback_url.to_string())?)),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            Config::Oidc(s) => &s.id,
+        }
+    }
+}
+
+/// Where to send the browser to sign in, and what to remember meanwhile.
+#[derive(Debug)]
+pub struct Begin {
+    pub redirect_to: String,
+    pub state: LoginState,
+}
+
+/// What the provider sent back to the callback (query parameters).
+#[derive(Debug, Default)]
+pub struct Callback {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+}
+
+/// A completed sign-in: everything a session is made from.
+#[derive(Debug)]
+pub struct SignedIn {
+    pub identity: Identity,
+    pub sid: Option<String>,
+    pub expires_at: u64,
+    pub refresh_token: Option<String>,
+    pub id_token: Option<String>,
+}
+
+/// The outcome of checking an `Authorization: Bearer` token.
+#[derive(Debug)]
+pub enum Bearer {
+    Valid { identity: Identity, expires_at: u64 },
+    /// Signed with a key the option does not know (yet): reload keys, try again.
+    UnknownKey,
+    Invalid(String),
+    /// This option does not accept bearer tokens.
+    NotAccepted,
+}
+
+/// What can go wrong talking to a provider; [`crate::respond`] maps each to a response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("the identity provider is not ready yet")]
+    NotReady,
+    #[error("the identity provider refused the sign-in: {0}")]
+    Denied(String),
+    #[error("the sign-in code was already used or has expired")]
+    InvalidGrant,
+    #[error("the identity provider could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the identity provider sent an unusable answer: {0}")]
+    BadResponse(String),
+    #[error("the identity provider's token failed validation: {0}")]
+    InvalidToken(String),
+    #[error("the login option is misconfigured: {0}")]
+    Config(String),
+}
+
+/// One way of signing in. `begin` and `complete` are required; the rest has
+/// defaults so simple options stay simple.
+#[async_trait]
+pub trait LoginOption: Send + Sync {
+    /// Stable id, stored in sessions and sign-in state.
+    fn id(&self) -> &str;
+
+    /// Whether the option can sign people in now (discovery and keys loaded).
+    fn is_ready(&self) -> bool;
+
+    /// Starts a sign-in that lands on `return_to` afterwards.
+    fn begin(&self, return_to: &str, now: u64) -> Result<Begin, ProviderError>;
+
+    /// Finishes a sign-in from the provider's answer and the remembered state.
+    async fn complete(&self, callback: &Callback, state: &LoginState) -> Result<SignedIn, ProviderError>;
+
+    /// Checks a bearer token without network I/O.
+    fn verify_bearer(&self, _token: &str, _now: u64) -> Bearer {
+        Bearer::NotAccepted
+    }
+
+    /// Re-reads signing keys after an unknown key id; rate-limited by the option.
+    async fn reload_keys(&self) {}
+
+    /// Where to send the browser to end the provider's session as well.
+    fn logout_url(&self, _session: &Session, _post_logout_redirect: &str) -> Option<String> {
+        None
+    }
+}
+
+/// The configured login options.
+#[derive(Clone, Default)]
+pub struct Registry {
+    options: Vec<Arc<dyn LoginOption>>,
+}
+
+impl Registry {
+    pub fn new(options: Vec<Arc<dyn LoginOption>>) -> Self {
+        Self { options }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.options.is_empty()
+    }
+
+    /// The option a sign-in starts with when none is named.
+    pub fn default_option(&self) -> Option<&Arc<dyn LoginOption>> {
+        self.options.first()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<dyn LoginOption>> {
+        self.options.iter().find(|o| o.id() == id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn LoginOption>> {
+        self.options.iter()
+    }
+
+    /// Ready when every option is.
+    pub fn is_ready(&self) -> bool {
+        self.options.iter().all(|o| o.is_ready())
+    }
+}

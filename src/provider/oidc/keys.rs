@@ -1,0 +1,162 @@
+//! Verifying bearer JWTs with the provider's published keys (jsonwebtoken).
+//!
+//! Only asymmetric algorithms are accepted, each key only with the algorithms
+//! of its own type (an RSA key never verifies an HS256 token, whatever the
+//! header says). A token naming a `kid` is checked with that key alone; one
+//! without a `kid` is tried against every key of the matching type, at most
+//! [`MAX_KEYS_WITHOUT_KID`] of them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::identity::Identity;
+use crate::provider::Bearer;
+
+/// Keys tried for a token that names none.
+const MAX_KEYS_WITHOUT_KID: usize = 8;
+/// Longest bearer token looked at.
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+struct Entry {
+    kid: Option<String>,
+    key: DecodingKey,
+    algorithms: Vec<Algorithm>,
+}
+
+/// The provider's keys, ready for verification.
+pub struct KeySet {
+    entries: Vec<Entry>,
+    validations: HashMap<Algorithm, Validation>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    preferred_username: Option<String>,
+}
+
+fn algorithms_for(jwk: &Jwk) -> Vec<Algorithm> {
+    let family: &[Algorithm] = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => AlgorithmFamily::Rsa.algorithms(),
+        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+            EllipticCurve::P256 => &[Algorithm::ES256],
+            EllipticCurve::P384 => &[Algorithm::ES384],
+            _ => &[],
+        },
+        AlgorithmParameters::OctetKeyPair(_) => AlgorithmFamily::Ed.algorithms(),
+        _ => &[],
+    };
+    let pinned = jwk.common.key_algorithm.and_then(|ka| Algorithm::from_str(&ka.to_string()).ok());
+    family.iter().copied().filter(|a| pinned.is_none_or(|p| p == *a)).collect()
+}
+
+use std::str::FromStr as _;
+
+impl KeySet {
+    /// Builds the set from a JWKS document; keys that are symmetric, for
+    /// encryption only, or unparsable are skipped.
+    pub fn from_jwks(jwks: &serde_json::Value, issuer: &str, client_id: &str, leeway: Duration) -> Self {
+        let mut entries = Vec::new();
+        for raw in jwks.get("keys").and_then(|k| k.as_array()).into_iter().flatten() {
+            let Ok(jwk) = serde_json::from_value::<Jwk>(raw.clone()) else { continue };
+            if raw.get("use").and_then(|u| u.as_str()).is_some_and(|u| u != "sig") {
+                continue;
+            }
+            let algorithms = algorithms_for(&jwk);
+            if algorithms.is_empty() {
+                continue;
+            }
+            let Ok(key) = DecodingKey::from_jwk(&jwk) else { continue };
+            entries.push(Entry { kid: jwk.common.key_id.clone(), key, algorithms });
+        }
+        let mut validations = HashMap::new();
+        for alg in entries.iter().flat_map(|e| e.algorithms.iter().copied()) {
+            validations.entry(alg).or_insert_with(|| {
+                let mut v = Validation::new(alg);
+                v.set_issuer(&[issuer]);
+                v.set_audience(&[client_id]);
+                v.leeway = leeway.as_secs();
+                v.validate_nbf = true;
+                v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+                v
+            });
+        }
+        Self { entries, validations }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.entries.iter().any(|e| e.kid.as_deref() == Some(kid))
+    }
+
+    /// Verifies a bearer token: signature, `iss`, `aud`, `exp`, `nbf`.
+    pub fn verify(&self, token: &str) -> Bearer {
+        if token.len() > MAX_TOKEN_LEN {
+            return Bearer::Invalid("token too long".into());
+        }
+        let header = match jsonwebtoken::decode_header(token) {
+            Ok(h) => h,
+            Err(_) => return Bearer::Invalid("not a JWT".into()),
+        };
+        let Some(validation) = self.validations.get(&header.alg) else {
+            return Bearer::Invalid("algorithm not accepted".into());
+        };
+        let candidates: Vec<&Entry> = match header.kid.as_deref() {
+            Some(kid) => {
+                let found: Vec<&Entry> = self.entries.iter().filter(|e| e.kid.as_deref() == Some(kid)).collect();
+                if found.is_empty() {
+                    return Bearer::UnknownKey;
+                }
+                found
+            }
+            None => self.entries.iter().filter(|e| e.algorithms.contains(&header.alg)).take(MAX_KEYS_WITHOUT_KID).collect(),
+        };
+        let mut last = "no key of that type".to_string();
+        for entry in candidates.into_iter().filter(|e| e.algorithms.contains(&header.alg)) {
+            match jsonwebtoken::decode::<Claims>(token, &entry.key, validation) {
+                Ok(data) => {
+                    let c = data.claims;
+                    return Bearer::Valid {
+                        identity: Identity { sub: c.sub, email: c.email, name: c.name, preferred_username: c.preferred_username },
+                        expires_at: c.exp,
+                    };
+                }
+                Err(e) => last = describe(&e),
+            }
+        }
+        Bearer::Invalid(last)
+    }
+}
+
+/// A short reason, never the token.
+fn describe(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::InvalidSignature => "bad signature",
+        K::ExpiredSignature => "expired",
+        K::ImmatureSignature => "not valid yet",
+        K::InvalidIssuer => "wrong issuer",
+        K::InvalidAudience => "wrong audience",
+        K::InvalidAlgorithm => "algorithm does not match the key",
+        K::MissingRequiredClaim(_) => "a required claim is missing",
+        _ => "malformed token",
+    }
+    .to_string()
+}

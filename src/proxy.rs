@@ -1,0 +1,145 @@
+//! Forwarding to `CT_UPSTREAM_URL` over a pooled hyper-util client: bodies
+//! stream both ways, WebSocket upgrades are spliced.
+
+pub mod headers;
+pub mod upgrade;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use url::Url;
+
+use crate::identity::Identity;
+use crate::respond::{self, Body};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("upstream request failed: {0}")]
+    Upstream(#[from] hyper_util::client::legacy::Error),
+    #[error("cannot build the upstream URI")]
+    Uri,
+    #[error("upstream TLS setup failed: {0}")]
+    Tls(String),
+}
+
+pub struct Proxy {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    scheme: Scheme,
+    authority: http::uri::Authority,
+    /// The upstream URL's path without its trailing `/` ("" for the root).
+    base_path: String,
+    proto: HeaderValue,
+    public_host: HeaderValue,
+}
+
+/// What the router tells the proxy about one request.
+pub struct Forward<'a> {
+    pub peer: IpAddr,
+    pub identity: Option<&'a Identity>,
+}
+
+impl Proxy {
+    pub fn new(upstream: &Url, server_url: &Url, extra_roots: Option<&[u8]>) -> Result<Self, ProxyError> {
+        let uri: Uri = upstream.as_str().parse().map_err(|_| ProxyError::Uri)?;
+        let scheme = uri.scheme().cloned().ok_or(ProxyError::Uri)?;
+        let authority = uri.authority().cloned().ok_or(ProxyError::Uri)?;
+        let base_path = upstream.path().trim_end_matches('/').to_string();
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(pem) = extra_roots {
+            for cert in crate::config::parse_certs(pem).map_err(ProxyError::Tls)? {
+                roots.add(cert).map_err(|e| ProxyError::Tls(e.to_string()))?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ProxyError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .build(connector);
+
+        let host = server_url.host_str().ok_or(ProxyError::Uri)?;
+        let public_host = match server_url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        Ok(Self {
+            client,
+            scheme,
+            authority,
+            base_path,
+            proto: HeaderValue::from_static(if server_url.scheme() == "https" { "https" } else { "http" }),
+            public_host: HeaderValue::from_str(&public_host).map_err(|_| ProxyError::Uri)?,
+        })
+    }
+
+    fn upstream_uri(&self, original: &Uri) -> Result<Uri, ProxyError> {
+        let pq = original.path_and_query().map_or("/", PathAndQuery::as_str);
+        let pq: PathAndQuery = if self.base_path.is_empty() {
+            original.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))
+        } else {
+            format!("{}{pq}", self.base_path).parse().map_err(|_| ProxyError::Uri)?
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| ProxyError::Uri)
+    }
+
+    /// Forwards an authenticated request; the caller has checked everything.
+    pub async fn forward(&self, mut req: Request<Incoming>, fwd: Forward<'_>) -> Result<Response<Body>, ProxyError> {
+        let is_upgrade = upgrade::is_websocket(req.headers());
+        let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        parts.uri = self.upstream_uri(&parts.uri)?;
+        parts.version = Version::HTTP_11;
+        headers::to_upstream(
+            &mut parts.headers,
+            &headers::Outbound {
+                peer: fwd.peer,
+                proto: &self.proto,
+                host: &self.public_host,
+                identity: fwd.identity,
+                upgrade: is_upgrade,
+            },
+        );
+        let body = if is_upgrade { respond::empty() } else { body.boxed() };
+        let mut resp = self.client.request(Request::from_parts(parts, body)).await?;
+        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (Some(client_upgrade), true) = (client_upgrade, switched) {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            upgrade::splice(client_upgrade, upstream_upgrade);
+        }
+        let (mut parts, body) = resp.into_parts();
+        headers::from_upstream(&mut parts.headers, is_upgrade && switched);
+        let body = if switched { respond::empty() } else { body.boxed() };
+        Ok(Response::from_parts(parts, body))
+    }
+}

@@ -1,0 +1,130 @@
+//! The first [`Store`]: the whole session sealed into the browser's cookies,
+//! split over numbered cookies when it is too large for one.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue};
+
+use super::cookies::{CookieNames, MAX_PARTS, Part, request_cookies};
+use super::{Sealer, Session, Store, StoreError};
+
+/// Longest value in one cookie; with name and attributes it stays under the
+/// ~4096 bytes browsers accept.
+pub const PART_MAX: usize = 3800;
+/// Largest sealed session, over all parts.
+pub const TOTAL_MAX: usize = 16 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct CookieStore {
+    sealer: Arc<Sealer>,
+    names: CookieNames,
+}
+
+impl CookieStore {
+    pub fn new(sealer: Arc<Sealer>, names: CookieNames) -> Self {
+        Self { sealer, names }
+    }
+
+    fn open(&self, sealed: &str) -> Option<Session> {
+        let plain = self.sealer.open(self.names.session(), sealed)?;
+        serde_json::from_slice(&plain).ok()
+    }
+}
+
+/// The session cookies a request carries, by part; values are bounded before use.
+struct Found<'a> {
+    whole: Option<&'a str>,
+    /// `parts[count][index - 1]`.
+    parts: [[Option<&'a str>; MAX_PARTS]; MAX_PARTS + 1],
+}
+
+impl<'a> Found<'a> {
+    fn scan(names: &CookieNames, headers: &'a HeaderMap) -> Self {
+        let mut f = Found { whole: None, parts: [[None; MAX_PARTS]; MAX_PARTS + 1] };
+        for (name, value) in request_cookies(headers) {
+            if value.len() > PART_MAX + 64 {
+                continue;
+            }
+            match names.session_part(name) {
+                Some(Part::Whole) => f.whole = Some(value),
+                Some(Part::Of { index, count }) => f.parts[count][index - 1] = Some(value),
+                None => {}
+            }
+        }
+        f
+    }
+
+    /// Every part name present, for deletion.
+    fn present(&self) -> impl Iterator<Item = Part> + '_ {
+        let whole = self.whole.map(|_| Part::Whole);
+        let parts = (2..=MAX_PARTS).flat_map(move |count| {
+            (1..=count).filter_map(move |index| self.parts[count][index - 1].map(|_| Part::Of { index, count }))
+        });
+        whole.into_iter().chain(parts)
+    }
+}
+
+impl Store for CookieStore {
+    fn load(&self, headers: &HeaderMap) -> Option<Session> {
+        let found = Found::scan(&self.names, headers);
+        if let Some(session) = found.whole.and_then(|v| self.open(v)) {
+            return Some(session);
+        }
+        for count in 2..=MAX_PARTS {
+            let parts = &found.parts[count][..count];
+            if parts.iter().all(Option::is_some) {
+                let total: usize = parts.iter().flatten().map(|p| p.len()).sum();
+                if total > TOTAL_MAX {
+                    continue;
+                }
+                let mut joined = String::with_capacity(total);
+                parts.iter().flatten().for_each(|p| joined.push_str(p));
+                if let Some(session) = self.open(&joined) {
+                    return Some(session);
+                }
+            }
+        }
+        None
+    }
+
+    fn save(&self, session: &Session, request: &HeaderMap, now: u64, out: &mut Vec<HeaderValue>) -> Result<(), StoreError> {
+        let plain = serde_json::to_vec(session).map_err(|_| StoreError::Encode)?;
+        let sealed = self.sealer.seal(self.names.session(), &plain)?;
+        // Sealed values are base64 (ASCII), so byte offsets below are char boundaries.
+        if sealed.len() > TOTAL_MAX || sealed.len().div_ceil(PART_MAX) > MAX_PARTS {
+            return Err(StoreError::TooLarge(sealed.len()));
+        }
+        let max_age = i64::try_from(session.cookie_max_age(now)).unwrap_or(i64::MAX);
+        let count = sealed.len().div_ceil(PART_MAX).max(1);
+        let mut written = Vec::with_capacity(count);
+        if count == 1 {
+            written.push(Part::Whole);
+        } else {
+            written.extend((1..=count).map(|index| Part::Of { index, count }));
+        }
+        for (i, part) in written.iter().enumerate() {
+            let value = if count == 1 { sealed.as_str() } else { &sealed[i * PART_MAX..((i + 1) * PART_MAX).min(sealed.len())] };
+            out.extend(self.names.set(&self.names.part_name(*part), value, "/", max_age));
+        }
+        // Remove stale parts of an earlier, differently split session.
+        for stale in Found::scan(&self.names, request).present().filter(|p| !written.contains(p)) {
+            out.extend(self.names.remove(&self.names.part_name(stale), "/"));
+        }
+        Ok(())
+    }
+
+    fn clear(&self, request: &HeaderMap, out: &mut Vec<HeaderValue>) {
+        let found = Found::scan(&self.names, request);
+        let mut any = false;
+        for part in found.present() {
+            any = true;
+            out.extend(self.names.remove(&self.names.part_name(part), "/"));
+        }
+        if !any {
+            out.extend(self.names.remove(self.names.session(), "/"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

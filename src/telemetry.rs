@@ -1,0 +1,17 @@
+//! Logging: tracing-subscriber filtered by `RUST_LOG` (default `info`), as
+//! text or JSON (`CT_LOG_FORMAT`). Request lines carry method, path (no
+//! query), status, latency and the user's `sub`; never a token or cookie.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the process's subscriber; a second call is a no-op.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let _ = match format {
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

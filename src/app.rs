@@ -44,7 +44,9 @@ pub struct App {
 impl App {
     /// Binds `CT_LISTEN_ADDR` and builds the gate.
     pub async fn build(config: Config) -> Result<Self, AppError> {
-        let listener = TcpListener::bind(config.listen_addr).await.map_err(|e| AppError::Bind(config.listen_addr, e))?;
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|e| AppError::Bind(config.listen_addr, e))?;
         Self::with_listener(config, listener)
     }
 
@@ -59,8 +61,16 @@ impl App {
         let sealer = Arc::new(Sealer::new(&config.cookie_keys.keys)?);
         let names = CookieNames::new(config.is_https());
         let callback = config.callback_url();
-        let options = config.login_options.iter().map(|o| o.build(&callback)).collect::<Result<Vec<_>, _>>()?;
-        let proxy = Proxy::new(&config.upstream_url, &config.server_url, config.upstream_ca_pem.as_deref())?;
+        let options = config
+            .login_options
+            .iter()
+            .map(|o| o.build(&callback))
+            .collect::<Result<Vec<_>, _>>()?;
+        let proxy = Proxy::new(
+            &config.upstream_url,
+            &config.server_url,
+            config.upstream_ca_pem.as_deref(),
+        )?;
         let state = State {
             registry: Registry::new(options),
             store: Arc::new(CookieStore::new(sealer.clone(), names.clone())),
@@ -69,7 +79,11 @@ impl App {
             origin: config.origin(),
             config,
         };
-        Ok(Self { listener, tls, state: Arc::new(state) })
+        Ok(Self {
+            listener,
+            tls,
+            state: Arc::new(state),
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

@@ -8,21 +8,33 @@ pub async fn check(config: &Config) -> Result<Vec<String>, Vec<String>> {
     crate::app::install_crypto();
     let mut ok = Vec::new();
     let mut bad = Vec::new();
-    ok.push(format!("configuration is valid; the gate serves {} and forwards to {}", config.origin(), config.upstream_url));
+    ok.push(format!(
+        "configuration is valid; the gate serves {} and forwards to {}",
+        config.origin(),
+        config.upstream_url
+    ));
     for w in &config.warnings {
         ok.push(format!("warning: {w}"));
     }
     for option in &config.login_options {
         match option {
-            provider::Config::Oidc(settings) => match provider::oidc::check(settings, &config.callback_url()).await {
-                Ok(lines) => ok.extend(lines),
-                Err(e) => bad.push(format!("CT_SSO_AUTHORIZATION_ENDPT: {e}")),
-            },
+            provider::Config::Oidc(settings) => {
+                match provider::oidc::check(settings, &config.callback_url()).await {
+                    Ok(lines) => ok.extend(lines),
+                    Err(e) => bad.push(format!("CT_SSO_AUTHORIZATION_ENDPT: {e}")),
+                }
+            }
         }
     }
     if !config.login_options.is_empty() {
-        ok.push(format!("register this login redirect URI at the provider: {}", config.callback_url()));
-        ok.push(format!("register this logout redirect URI at the provider: {}", config.logout_url()));
+        ok.push(format!(
+            "register this login redirect URI at the provider: {}",
+            config.callback_url()
+        ));
+        ok.push(format!(
+            "register this logout redirect URI at the provider: {}",
+            config.logout_url()
+        ));
     }
     if bad.is_empty() { Ok(ok) } else { Err(bad) }
 }

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 pub const X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
 pub const X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
-pub const X_FORWARDED_PREFERRED_USERNAME: HeaderName = HeaderName::from_static("x-forwarded-preferred-username");
+pub const X_FORWARDED_PREFERRED_USERNAME: HeaderName =
+    HeaderName::from_static("x-forwarded-preferred-username");
 
 /// The signed-in user's claims that the gate keeps and passes on.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,7 +29,10 @@ impl Identity {
         let pairs = [
             (X_FORWARDED_USER, Some(&self.sub)),
             (X_FORWARDED_EMAIL, self.email.as_ref()),
-            (X_FORWARDED_PREFERRED_USERNAME, self.preferred_username.as_ref()),
+            (
+                X_FORWARDED_PREFERRED_USERNAME,
+                self.preferred_username.as_ref(),
+            ),
         ];
         for (name, value) in pairs {
             if let Some(v) = value.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
@@ -53,7 +57,13 @@ mod tests {
         let mut h = HeaderMap::new();
         id.insert_headers(&mut h);
         assert_eq!(h[&X_FORWARDED_USER], "alice");
-        assert!(h.get(&X_FORWARDED_EMAIL).is_none(), "CR/LF must never reach a header");
-        assert_eq!(h[&X_FORWARDED_PREFERRED_USERNAME].as_bytes(), "Ålice".as_bytes());
+        assert!(
+            h.get(&X_FORWARDED_EMAIL).is_none(),
+            "CR/LF must never reach a header"
+        );
+        assert_eq!(
+            h[&X_FORWARDED_PREFERRED_USERNAME].as_bytes(),
+            "Ålice".as_bytes()
+        );
     }
 }

@@ -12,17 +12,25 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if !matches!(command.as_deref(), None | Some("check-config")) {
-        eprintln!("usage: ssogate [check-config]  (configuration comes from CT_* environment variables and .env)");
+        eprintln!(
+            "usage: ssogate [check-config]  (configuration comes from CT_* environment variables and .env)"
+        );
         return ExitCode::from(2);
     }
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(errors) => {
-            errors.0.iter().for_each(|e| eprintln!("ssogate: configuration error: {e}"));
+            errors
+                .0
+                .iter()
+                .for_each(|e| eprintln!("ssogate: configuration error: {e}"));
             return ExitCode::from(2);
         }
     };
-    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
+    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    else {
         eprintln!("ssogate: cannot start the async runtime");
         return ExitCode::FAILURE;
     };
@@ -54,11 +62,17 @@ fn main() -> ExitCode {
 }
 
 async fn shutdown_signal() {
-    let ctrl_c = async { if tokio::signal::ctrl_c().await.is_err() { std::future::pending::<()>().await } };
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await
+        }
+    };
     #[cfg(unix)]
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => { s.recv().await; }
+            Ok(mut s) => {
+                s.recv().await;
+            }
             Err(_) => std::future::pending::<()>().await,
         }
     };

@@ -25,7 +25,10 @@ impl Config {
     /// (discovery, keys). Must run inside a tokio runtime.
     pub fn build(&self, callback_url: &str) -> Result<Arc<dyn LoginOption>, ProviderError> {
         match self {
-            Config::Oidc(settings) => Ok(Arc::new(oidc::Oidc::start(settings.clone(), callback_url.to_string())?)),
+            Config::Oidc(settings) => Ok(Arc::new(oidc::Oidc::start(
+                settings.clone(),
+                callback_url.to_string(),
+            )?)),
         }
     }
 
@@ -65,7 +68,10 @@ pub struct SignedIn {
 /// The outcome of checking an `Authorization: Bearer` token.
 #[derive(Debug)]
 pub enum Bearer {
-    Valid { identity: Identity, expires_at: u64 },
+    Valid {
+        identity: Identity,
+        expires_at: u64,
+    },
     /// Signed with a key the option does not know (yet): reload keys, try again.
     UnknownKey,
     Invalid(String),
@@ -106,7 +112,11 @@ pub trait LoginOption: Send + Sync {
     fn begin(&self, return_to: &str, now: u64) -> Result<Begin, ProviderError>;
 
     /// Finishes a sign-in from the provider's answer and the remembered state.
-    async fn complete(&self, callback: &Callback, state: &LoginState) -> Result<SignedIn, ProviderError>;
+    async fn complete(
+        &self,
+        callback: &Callback,
+        state: &LoginState,
+    ) -> Result<SignedIn, ProviderError>;
 
     /// Checks a bearer token without network I/O.
     fn verify_bearer(&self, _token: &str, _now: u64) -> Bearer {

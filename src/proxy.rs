@@ -51,7 +51,11 @@ pub struct Forward<'a> {
 }
 
 impl Proxy {
-    pub fn new(upstream: &Url, server_url: &Url, extra_roots: Option<&[u8]>) -> Result<Self, ProxyError> {
+    pub fn new(
+        upstream: &Url,
+        server_url: &Url,
+        extra_roots: Option<&[u8]>,
+    ) -> Result<Self, ProxyError> {
         let uri: Uri = upstream.as_str().parse().map_err(|_| ProxyError::Uri)?;
         let scheme = uri.scheme().cloned().ok_or(ProxyError::Uri)?;
         let authority = uri.authority().cloned().ok_or(ProxyError::Uri)?;
@@ -61,14 +65,18 @@ impl Proxy {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(pem) = extra_roots {
             for cert in crate::config::parse_certs(pem).map_err(ProxyError::Tls)? {
-                roots.add(cert).map_err(|e| ProxyError::Tls(e.to_string()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| ProxyError::Tls(e.to_string()))?;
             }
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ProxyError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ProxyError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -93,7 +101,11 @@ impl Proxy {
             scheme,
             authority,
             base_path,
-            proto: HeaderValue::from_static(if server_url.scheme() == "https" { "https" } else { "http" }),
+            proto: HeaderValue::from_static(if server_url.scheme() == "https" {
+                "https"
+            } else {
+                "http"
+            }),
             public_host: HeaderValue::from_str(&public_host).map_err(|_| ProxyError::Uri)?,
         })
     }
@@ -101,9 +113,14 @@ impl Proxy {
     fn upstream_uri(&self, original: &Uri) -> Result<Uri, ProxyError> {
         let pq = original.path_and_query().map_or("/", PathAndQuery::as_str);
         let pq: PathAndQuery = if self.base_path.is_empty() {
-            original.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))
+            original
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"))
         } else {
-            format!("{}{pq}", self.base_path).parse().map_err(|_| ProxyError::Uri)?
+            format!("{}{pq}", self.base_path)
+                .parse()
+                .map_err(|_| ProxyError::Uri)?
         };
         Uri::builder()
             .scheme(self.scheme.clone())
@@ -114,7 +131,11 @@ impl Proxy {
     }
 
     /// Forwards an authenticated request; the caller has checked everything.
-    pub async fn forward(&self, mut req: Request<Incoming>, fwd: Forward<'_>) -> Result<Response<Body>, ProxyError> {
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        fwd: Forward<'_>,
+    ) -> Result<Response<Body>, ProxyError> {
         let is_upgrade = upgrade::is_websocket(req.headers());
         let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -130,8 +151,15 @@ impl Proxy {
                 upgrade: is_upgrade,
             },
         );
-        let body = if is_upgrade { respond::empty() } else { body.boxed() };
-        let mut resp = self.client.request(Request::from_parts(parts, body)).await?;
+        let body = if is_upgrade {
+            respond::empty()
+        } else {
+            body.boxed()
+        };
+        let mut resp = self
+            .client
+            .request(Request::from_parts(parts, body))
+            .await?;
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (Some(client_upgrade), true) = (client_upgrade, switched) {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -139,7 +167,11 @@ impl Proxy {
         }
         let (mut parts, body) = resp.into_parts();
         headers::from_upstream(&mut parts.headers, is_upgrade && switched);
-        let body = if switched { respond::empty() } else { body.boxed() };
+        let body = if switched {
+            respond::empty()
+        } else {
+            body.boxed()
+        };
         Ok(Response::from_parts(parts, body))
     }
 }

@@ -11,7 +11,9 @@ use http_body_util::{BodyExt as _, Empty, Full};
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 pub fn empty() -> Body {
@@ -28,7 +30,8 @@ pub fn wants_html(headers: &http::HeaderMap) -> bool {
 
 /// ASCII case-insensitive substring search, without allocating.
 pub fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// What went wrong, by side.
@@ -37,7 +40,10 @@ pub enum Failure {
     /// The client sent something unusable.
     BadRequest(String),
     /// A sign-in could not be finished; the user can start again.
-    SignIn { status: StatusCode, reason: String },
+    SignIn {
+        status: StatusCode,
+        reason: String,
+    },
     /// The provider is not loaded or not reachable; try again shortly.
     ProviderUnavailable,
     /// The provider answered something the gate cannot use.
@@ -88,14 +94,21 @@ impl Failure {
     pub fn respond(&self, html: bool) -> Response<Body> {
         let (status, code, title, message) = self.parts();
         let mut resp = if html {
-            let action = matches!(self, Failure::SignIn { .. } | Failure::ProviderUnavailable | Failure::ProviderError(_))
-                .then_some(("Sign in again", "/sso/login"));
+            let action = matches!(
+                self,
+                Failure::SignIn { .. } | Failure::ProviderUnavailable | Failure::ProviderError(_)
+            )
+            .then_some(("Sign in again", "/sso/login"));
             page(status, title, &message, action)
         } else {
-            json(status, &serde_json::json!({ "error": code, "error_description": message }))
+            json(
+                status,
+                &serde_json::json!({ "error": code, "error_description": message }),
+            )
         };
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         resp
     }
@@ -108,7 +121,8 @@ pub fn redirect(location: &str) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
@@ -116,14 +130,21 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(full(value.to_string()));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
 /// 401 for API clients: JSON and a `WWW-Authenticate` challenge.
 pub fn unauthorized(invalid_token: bool) -> Response<Body> {
-    let description = if invalid_token { "the bearer token is not valid" } else { "sign-in required" };
+    let description = if invalid_token {
+        "the bearer token is not valid"
+    } else {
+        "sign-in required"
+    };
     let mut resp = json(
         StatusCode::UNAUTHORIZED,
         &serde_json::json!({ "error": if invalid_token { "invalid_token" } else { "unauthorized" }, "error_description": description }),
@@ -133,12 +154,18 @@ pub fn unauthorized(invalid_token: bool) -> Response<Body> {
     } else {
         HeaderValue::from_static(r#"Bearer realm="ssogate""#)
     };
-    resp.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, challenge);
     resp
 }
 
 /// A small self-contained HTML page; every inserted string is escaped.
-pub fn page(status: StatusCode, title: &str, message: &str, action: Option<(&str, &str)>) -> Response<Body> {
+pub fn page(
+    status: StatusCode,
+    title: &str,
+    message: &str,
+    action: Option<(&str, &str)>,
+) -> Response<Body> {
     let link = action
         .map(|(text, href)| format!(r#"<p><a href="{}">{}</a></p>"#, escape(href), escape(text)))
         .unwrap_or_default();
@@ -152,13 +179,21 @@ pub fn page(status: StatusCode, title: &str, message: &str, action: Option<(&str
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ),
     );
     resp
 }

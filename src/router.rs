@@ -31,12 +31,20 @@ pub struct State {
 }
 
 /// Handles one request.
-pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, std::convert::Infallible> {
+pub async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, std::convert::Infallible> {
     let start = Instant::now();
     let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), sub = tracing::field::Empty);
     let resp = route(&state, req, peer).instrument(span.clone()).await;
     let _enter = span.enter();
-    tracing::info!(status = resp.status().as_u16(), latency_us = start.elapsed().as_micros() as u64, "request");
+    tracing::info!(
+        status = resp.status().as_u16(),
+        latency_us = start.elapsed().as_micros() as u64,
+        "request"
+    );
     Ok(resp)
 }
 
@@ -55,7 +63,10 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Respo
     }
     let now = crate::clock::now();
     let navigation = gate::is_navigation(req.method(), req.headers());
-    let session = state.store.load(req.headers()).filter(|s| state.registry.get(&s.option).is_some());
+    let session = state
+        .store
+        .load(req.headers())
+        .filter(|s| state.registry.get(&s.option).is_some());
     let (credential, identity) = match &session {
         Some(s) => (Credential::Session(s), Some(s.identity.clone())),
         None => match bearer_token(req.headers()) {
@@ -78,13 +89,30 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Respo
     }
 }
 
-async fn forward(state: &State, req: Request<Incoming>, peer: SocketAddr, identity: Option<&Identity>) -> Response<Body> {
+async fn forward(
+    state: &State,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    identity: Option<&Identity>,
+) -> Response<Body> {
     let html = respond::wants_html(req.headers());
-    if upgrade::is_websocket(req.headers()) && !upgrade::origin_allowed(req.headers(), &state.origin, &state.config.allowed_origins) {
+    if upgrade::is_websocket(req.headers())
+        && !upgrade::origin_allowed(req.headers(), &state.origin, &state.config.allowed_origins)
+    {
         tracing::warn!("websocket refused: Origin is not this gate's");
         return Failure::ForbiddenOrigin.respond(html);
     }
-    match state.proxy.forward(req, Forward { peer: peer.ip(), identity }).await {
+    match state
+        .proxy
+        .forward(
+            req,
+            Forward {
+                peer: peer.ip(),
+                identity,
+            },
+        )
+        .await
+    {
         Ok(resp) => resp,
         Err(e) => {
             tracing::warn!(error = %e, "upstream unavailable");
@@ -111,8 +139,13 @@ pub async fn verify_bearer(registry: &Registry, token: &str, now: u64) -> Option
             outcome = option.verify_bearer(token, now);
         }
         match outcome {
-            Bearer::Valid { identity, expires_at } => return Some((identity, expires_at)),
-            Bearer::Invalid(reason) => tracing::debug!(option = option.id(), %reason, "bearer token refused"),
+            Bearer::Valid {
+                identity,
+                expires_at,
+            } => return Some((identity, expires_at)),
+            Bearer::Invalid(reason) => {
+                tracing::debug!(option = option.id(), %reason, "bearer token refused")
+            }
             Bearer::UnknownKey | Bearer::NotAccepted => {}
         }
     }

@@ -42,10 +42,20 @@ pub struct Session {
     /// When the tokens behind the session expire (unix seconds).
     #[serde(rename = "e")]
     pub expires_at: u64,
-    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none", with = "secret_opt")]
+    #[serde(
+        rename = "r",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "secret_opt"
+    )]
     pub refresh_token: Option<Secret<String>>,
     /// Kept only as the `id_token_hint` of RP-initiated logout.
-    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none", with = "secret_opt")]
+    #[serde(
+        rename = "t",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "secret_opt"
+    )]
     pub id_token: Option<Secret<String>>,
 }
 
@@ -77,7 +87,13 @@ pub trait Store: Send + Sync {
     /// The session the request carries, if any opens; expiry is the gate's decision.
     fn load(&self, headers: &HeaderMap) -> Option<Session>;
     /// `Set-Cookie` values that make the browser carry `session` from now on.
-    fn save(&self, session: &Session, request: &HeaderMap, now: u64, out: &mut Vec<HeaderValue>) -> Result<(), StoreError>;
+    fn save(
+        &self,
+        session: &Session,
+        request: &HeaderMap,
+        now: u64,
+        out: &mut Vec<HeaderValue>,
+    ) -> Result<(), StoreError>;
     /// `Set-Cookie` values that remove the session the request carries.
     fn clear(&self, request: &HeaderMap, out: &mut Vec<HeaderValue>);
 }
@@ -99,7 +115,9 @@ mod secret_opt {
         v.as_ref().map(|x| x.expose()).serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret<String>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Secret<String>>, D::Error> {
         Ok(Option::<String>::deserialize(d)?.map(Secret::new))
     }
 }

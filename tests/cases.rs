@@ -1,1 +1,2 @@
 //! End-to-end cases, one module per area.
+mod login;

@@ -79,6 +79,9 @@ pub(super) fn process_pairs() -> Vec<(String, String)> {
         pairs.extend(iter.flatten());
     }
     // Later pairs win in envy, so the real environment goes last.
-    pairs.extend(std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))));
+    pairs.extend(
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+    );
     pairs
 }

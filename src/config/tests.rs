@@ -12,7 +12,9 @@ struct FakeFs(HashMap<PathBuf, Vec<u8>>);
 
 impl Files for FakeFs {
     fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
-        self.0.get(path).cloned().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory"))
+        self.0.get(path).cloned().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory")
+        })
     }
 }
 
@@ -20,7 +22,10 @@ fn good() -> Vec<(&'static str, &'static str)> {
     vec![
         ("CT_SERVER_URL", "https://ct.example.com"),
         ("CT_UPSTREAM_URL", "http://127.0.0.1:1080"),
-        ("CT_SSO_AUTHORIZATION_ENDPT", "https://example.okta.com/oauth2/default"),
+        (
+            "CT_SSO_AUTHORIZATION_ENDPT",
+            "https://example.okta.com/oauth2/default",
+        ),
         ("CT_SSO_CLIENT_ID", "client"),
         ("CT_SSO_CLIENT_SECRET", "s3cr3t-value"),
         ("CT_COOKIE_SECRET", KEY),
@@ -31,13 +36,20 @@ fn run(pairs: Vec<(&str, &str)>) -> Result<Config, ConfigErrors> {
     validate(Raw::from_pairs(pairs), &FakeFs(HashMap::new()))
 }
 
-fn with(mut pairs: Vec<(&'static str, &'static str)>, k: &'static str, v: &'static str) -> Vec<(&'static str, &'static str)> {
+fn with(
+    mut pairs: Vec<(&'static str, &'static str)>,
+    k: &'static str,
+    v: &'static str,
+) -> Vec<(&'static str, &'static str)> {
     pairs.retain(|(n, _)| *n != k);
     pairs.push((k, v));
     pairs
 }
 
-fn without(mut pairs: Vec<(&'static str, &'static str)>, k: &str) -> Vec<(&'static str, &'static str)> {
+fn without(
+    mut pairs: Vec<(&'static str, &'static str)>,
+    k: &str,
+) -> Vec<(&'static str, &'static str)> {
     pairs.retain(|(n, _)| *n != k);
     pairs
 }
@@ -53,7 +65,10 @@ fn one_error(pairs: Vec<(&str, &str)>) -> String {
 fn a_good_configuration_loads_with_defaults() {
     let c = run(good()).unwrap();
     assert_eq!(c.listen_addr.to_string(), "0.0.0.0:8443");
-    assert_eq!(c.callback_url(), "https://ct.example.com/sso/authorization-code/callback");
+    assert_eq!(
+        c.callback_url(),
+        "https://ct.example.com/sso/authorization-code/callback"
+    );
     assert_eq!(c.logout_url(), "https://ct.example.com/sso/logout");
     assert!(c.is_https());
     assert_eq!(c.login_options.len(), 1);
@@ -68,34 +83,113 @@ fn a_good_configuration_loads_with_defaults() {
 #[test]
 fn each_bad_setting_is_named_in_one_line() {
     let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
-        (without(good(), "CT_SSO_CLIENT_ID"), "CT_SSO_CLIENT_ID: is required"),
-        (without(good(), "CT_SSO_CLIENT_SECRET"), "CT_SSO_CLIENT_SECRET: is required"),
-        (with(good(), "CT_SERVER_URL", "http://ct.example.com"), "CT_SERVER_URL: must use https://"),
-        (with(good(), "CT_SERVER_URL", "ct.example.com"), "CT_SERVER_URL: is not an absolute URL"),
-        (with(good(), "CT_SERVER_URL", "https://ct.example.com/sub"), "CT_SERVER_URL: must be an origin only"),
-        (without(good(), "CT_SERVER_URL"), "CT_SERVER_URL: is required"),
-        (with(good(), "CT_SSO_PROVIDER", "google"), "CT_SSO_PROVIDER: must be OKTA or MICROSOFT"),
-        (with(good(), "CT_COOKIE_SECRET", "not base64 !!"), "CT_COOKIE_SECRET: the key is not base64"),
-        (with(good(), "CT_COOKIE_SECRET", "c2hvcnQ="), "CT_COOKIE_SECRET: the key decodes to 5 bytes"),
-        (with(good(), "CT_UPSTREAM_URL", "not a url"), "CT_UPSTREAM_URL: is not an absolute URL"),
-        (with(good(), "CT_UPSTREAM_URL", "ftp://x"), "CT_UPSTREAM_URL: must be an http:// or https:// URL"),
-        (without(good(), "CT_UPSTREAM_URL"), "CT_UPSTREAM_URL: is required"),
-        (with(good(), "CT_TLS_CERT_FILE", "/tls/cert.pem"), "CT_TLS_KEY_FILE: is required when CT_TLS_CERT_FILE is set"),
-        (with(good(), "CT_TLS_KEY_FILE", "/tls/key.pem"), "CT_TLS_CERT_FILE: is required when CT_TLS_KEY_FILE is set"),
-        (with(good(), "CT_LISTEN_ADDR", "8443"), "CT_LISTEN_ADDR: is not an address:port"),
-        (with(good(), "CT_ALLOW_UNAUTHENTICATED", "maybe"), "CT_ALLOW_UNAUTHENTICATED: must be true or false"),
-        (with(good(), "CT_SSO_SCOPES", "profile email"), "CT_SSO_SCOPES: must include openid"),
-        (with(good(), "CT_SSO_CA_FILE", "/missing/ca.pem"), "CT_SSO_CA_FILE: cannot read /missing/ca.pem"),
-        (with(good(), "CT_SSO_AUTHORIZATION_ENDPT", "http://idp.example.com"), "CT_SSO_AUTHORIZATION_ENDPT: must use https://"),
-        (with(good(), "CT_SSO_TOKEN_ENDPT", "nope"), "CT_SSO_TOKEN_ENDPT: is not an absolute URL"),
-        (with(good(), "CT_LOG_FORMAT", "xml"), "CT_LOG_FORMAT: must be text or json"),
-        (with(good(), "CT_SHUTDOWN_GRACE", "soon"), "CT_SHUTDOWN_GRACE: is not a duration"),
-        (with(good(), "CT_ALLOWED_ORIGINS", "not-an-origin"), "CT_ALLOWED_ORIGINS: `not-an-origin` is not an origin"),
-        (without(good(), "CT_SSO_AUTHORIZATION_ENDPT"), "CT_SSO_AUTHORIZATION_ENDPT: is not set, so nobody could sign in"),
+        (
+            without(good(), "CT_SSO_CLIENT_ID"),
+            "CT_SSO_CLIENT_ID: is required",
+        ),
+        (
+            without(good(), "CT_SSO_CLIENT_SECRET"),
+            "CT_SSO_CLIENT_SECRET: is required",
+        ),
+        (
+            with(good(), "CT_SERVER_URL", "http://ct.example.com"),
+            "CT_SERVER_URL: must use https://",
+        ),
+        (
+            with(good(), "CT_SERVER_URL", "ct.example.com"),
+            "CT_SERVER_URL: is not an absolute URL",
+        ),
+        (
+            with(good(), "CT_SERVER_URL", "https://ct.example.com/sub"),
+            "CT_SERVER_URL: must be an origin only",
+        ),
+        (
+            without(good(), "CT_SERVER_URL"),
+            "CT_SERVER_URL: is required",
+        ),
+        (
+            with(good(), "CT_SSO_PROVIDER", "google"),
+            "CT_SSO_PROVIDER: must be OKTA or MICROSOFT",
+        ),
+        (
+            with(good(), "CT_COOKIE_SECRET", "not base64 !!"),
+            "CT_COOKIE_SECRET: the key is not base64",
+        ),
+        (
+            with(good(), "CT_COOKIE_SECRET", "c2hvcnQ="),
+            "CT_COOKIE_SECRET: the key decodes to 5 bytes",
+        ),
+        (
+            with(good(), "CT_UPSTREAM_URL", "not a url"),
+            "CT_UPSTREAM_URL: is not an absolute URL",
+        ),
+        (
+            with(good(), "CT_UPSTREAM_URL", "ftp://x"),
+            "CT_UPSTREAM_URL: must be an http:// or https:// URL",
+        ),
+        (
+            without(good(), "CT_UPSTREAM_URL"),
+            "CT_UPSTREAM_URL: is required",
+        ),
+        (
+            with(good(), "CT_TLS_CERT_FILE", "/tls/cert.pem"),
+            "CT_TLS_KEY_FILE: is required when CT_TLS_CERT_FILE is set",
+        ),
+        (
+            with(good(), "CT_TLS_KEY_FILE", "/tls/key.pem"),
+            "CT_TLS_CERT_FILE: is required when CT_TLS_KEY_FILE is set",
+        ),
+        (
+            with(good(), "CT_LISTEN_ADDR", "8443"),
+            "CT_LISTEN_ADDR: is not an address:port",
+        ),
+        (
+            with(good(), "CT_ALLOW_UNAUTHENTICATED", "maybe"),
+            "CT_ALLOW_UNAUTHENTICATED: must be true or false",
+        ),
+        (
+            with(good(), "CT_SSO_SCOPES", "profile email"),
+            "CT_SSO_SCOPES: must include openid",
+        ),
+        (
+            with(good(), "CT_SSO_CA_FILE", "/missing/ca.pem"),
+            "CT_SSO_CA_FILE: cannot read /missing/ca.pem",
+        ),
+        (
+            with(
+                good(),
+                "CT_SSO_AUTHORIZATION_ENDPT",
+                "http://idp.example.com",
+            ),
+            "CT_SSO_AUTHORIZATION_ENDPT: must use https://",
+        ),
+        (
+            with(good(), "CT_SSO_TOKEN_ENDPT", "nope"),
+            "CT_SSO_TOKEN_ENDPT: is not an absolute URL",
+        ),
+        (
+            with(good(), "CT_LOG_FORMAT", "xml"),
+            "CT_LOG_FORMAT: must be text or json",
+        ),
+        (
+            with(good(), "CT_SHUTDOWN_GRACE", "soon"),
+            "CT_SHUTDOWN_GRACE: is not a duration",
+        ),
+        (
+            with(good(), "CT_ALLOWED_ORIGINS", "not-an-origin"),
+            "CT_ALLOWED_ORIGINS: `not-an-origin` is not an origin",
+        ),
+        (
+            without(good(), "CT_SSO_AUTHORIZATION_ENDPT"),
+            "CT_SSO_AUTHORIZATION_ENDPT: is not set, so nobody could sign in",
+        ),
     ];
     for (pairs, expected) in cases {
         let line = one_error(pairs);
-        assert!(line.starts_with(expected), "expected `{expected}…`, got `{line}`");
+        assert!(
+            line.starts_with(expected),
+            "expected `{expected}…`, got `{line}`"
+        );
         assert!(!line.contains('\n'));
     }
 }
@@ -104,14 +198,29 @@ fn each_bad_setting_is_named_in_one_line() {
 fn tls_files_are_read_and_parsed() {
     let fs = FakeFs(HashMap::from([
         (PathBuf::from("/tls/cert.pem"), b"not pem".to_vec()),
-        (PathBuf::from("/tls/key.pem"), b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".to_vec()),
+        (
+            PathBuf::from("/tls/key.pem"),
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".to_vec(),
+        ),
     ]));
-    let pairs = with(with(good(), "CT_TLS_CERT_FILE", "/tls/cert.pem"), "CT_TLS_KEY_FILE", "/tls/missing.pem");
+    let pairs = with(
+        with(good(), "CT_TLS_CERT_FILE", "/tls/cert.pem"),
+        "CT_TLS_KEY_FILE",
+        "/tls/missing.pem",
+    );
     let errs = validate(Raw::from_pairs(pairs), &fs).unwrap_err().0;
     let lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
-    assert!(lines[0].starts_with("CT_TLS_CERT_FILE: /tls/cert.pem holds no PEM certificate"), "{}", lines[0]);
-    assert!(lines[1].starts_with("CT_TLS_KEY_FILE: cannot read /tls/missing.pem"), "{}", lines[1]);
+    assert!(
+        lines[0].starts_with("CT_TLS_CERT_FILE: /tls/cert.pem holds no PEM certificate"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with("CT_TLS_KEY_FILE: cannot read /tls/missing.pem"),
+        "{}",
+        lines[1]
+    );
 }
 
 #[test]
@@ -125,11 +234,21 @@ fn every_problem_is_reported_at_once_and_no_secret_is_shown() {
         ("CT_SSO_PROVIDER", "other"),
     ];
     let text = run(pairs).unwrap_err().to_string();
-    for var in ["CT_SERVER_URL", "CT_UPSTREAM_URL", "CT_SSO_CLIENT_ID", "CT_COOKIE_SECRET", "CT_SSO_PROVIDER"] {
+    for var in [
+        "CT_SERVER_URL",
+        "CT_UPSTREAM_URL",
+        "CT_SSO_CLIENT_ID",
+        "CT_COOKIE_SECRET",
+        "CT_SSO_PROVIDER",
+    ] {
         assert!(text.contains(var), "{var} missing from:\n{text}");
     }
     assert_eq!(text.lines().count(), 5, "{text}");
-    for secret in ["super-secret-value", "c2VjcmV0LWNvb2tpZQ==", "secret-cookie"] {
+    for secret in [
+        "super-secret-value",
+        "c2VjcmV0LWNvb2tpZQ==",
+        "secret-cookie",
+    ] {
         assert!(!text.contains(secret));
     }
 }
@@ -145,10 +264,16 @@ fn loopback_http_empty_values_and_variants_are_accepted() {
         ("CT_SSO_PROVIDER", "microsoft"),
         ("CT_SSO_TOKEN_ENDPT", ""),
         ("CT_SSO_SCOPES", "openid,profile  email"),
-        ("CT_COOKIE_SECRET", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY, AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        (
+            "CT_COOKIE_SECRET",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY, AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ),
         ("CT_SHUTDOWN_GRACE", "2m"),
         ("CT_HEADER_READ_TIMEOUT", "5"),
-        ("CT_ALLOWED_ORIGINS", "https://a.example, http://localhost:3000"),
+        (
+            "CT_ALLOWED_ORIGINS",
+            "https://a.example, http://localhost:3000",
+        ),
         ("CT_SSO_TYPO", "x"),
         ("PATH", "/bin"),
     ];
@@ -157,24 +282,42 @@ fn loopback_http_empty_values_and_variants_are_accepted() {
     assert_eq!(c.cookie_keys.keys.len(), 2);
     assert_eq!(c.shutdown_grace.as_secs(), 120);
     assert_eq!(c.header_read_timeout.as_secs(), 5);
-    assert_eq!(c.allowed_origins, vec!["https://a.example", "http://localhost:3000"]);
+    assert_eq!(
+        c.allowed_origins,
+        vec!["https://a.example", "http://localhost:3000"]
+    );
     let crate::provider::Config::Oidc(s) = &c.login_options[0];
     assert_eq!(s.quirks, crate::provider::oidc::Quirks::Microsoft);
     assert!(s.token_endpoint.is_none(), "an empty value is unset");
     assert_eq!(s.scopes, vec!["openid", "profile", "email"]);
-    assert!(c.warnings.iter().any(|w| w.contains("CT_SERVER_URL uses plain http")));
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("CT_SERVER_URL uses plain http"))
+    );
     assert!(c.warnings.iter().any(|w| w.contains("CT_SSO_TYPO")));
 }
 
 #[test]
 fn unauthenticated_mode_needs_an_explicit_switch_and_ignores_sso_extras() {
-    let base = vec![("CT_SERVER_URL", "https://ct.example.com"), ("CT_UPSTREAM_URL", "http://127.0.0.1:1")];
+    let base = vec![
+        ("CT_SERVER_URL", "https://ct.example.com"),
+        ("CT_UPSTREAM_URL", "http://127.0.0.1:1"),
+    ];
     let c = run(with(base.clone(), "CT_ALLOW_UNAUTHENTICATED", "TRUE")).unwrap();
     assert!(c.login_options.is_empty());
     assert!(c.cookie_keys.generated);
-    assert!(c.warnings.iter().any(|w| w.contains("without authentication")));
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("without authentication"))
+    );
     // With SSO off every other CT_SSO_* is ignored, even invalid ones.
-    let ignored = with(with(base, "CT_ALLOW_UNAUTHENTICATED", "true"), "CT_SSO_PROVIDER", "nonsense");
+    let ignored = with(
+        with(base, "CT_ALLOW_UNAUTHENTICATED", "true"),
+        "CT_SSO_PROVIDER",
+        "nonsense",
+    );
     assert!(run(ignored).is_ok());
 }
 

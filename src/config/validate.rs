@@ -22,7 +22,10 @@ struct Problems(Vec<ConfigError>);
 
 impl Problems {
     fn add(&mut self, var: &'static str, problem: impl Into<String>) {
-        self.0.push(ConfigError { var, problem: problem.into() });
+        self.0.push(ConfigError {
+            var,
+            problem: problem.into(),
+        });
     }
 }
 
@@ -32,36 +35,61 @@ pub(super) fn validate(raw: Raw, fs: &dyn Files) -> Result<Config, ConfigErrors>
 
     let server_url = match raw.ct_server_url.as_deref() {
         None => {
-            p.add("CT_SERVER_URL", "is required: the externally visible https:// URL of the gate");
+            p.add(
+                "CT_SERVER_URL",
+                "is required: the externally visible https:// URL of the gate",
+            );
             None
         }
         Some(v) => server_url(v, &mut p, &mut warnings),
     };
     let upstream_url = match raw.ct_upstream_url.as_deref() {
         None => {
-            p.add("CT_UPSTREAM_URL", "is required: the http:// or https:// URL of the protected server");
+            p.add(
+                "CT_UPSTREAM_URL",
+                "is required: the http:// or https:// URL of the protected server",
+            );
             None
         }
         Some(v) => upstream_url(v, &mut p),
     };
-    let upstream_ca_pem = raw.ct_upstream_ca_file.as_deref().and_then(|path| read_certs("CT_UPSTREAM_CA_FILE", path, fs, &mut p));
+    let upstream_ca_pem = raw
+        .ct_upstream_ca_file
+        .as_deref()
+        .and_then(|path| read_certs("CT_UPSTREAM_CA_FILE", path, fs, &mut p));
     let listen_addr = raw
         .ct_listen_addr
         .as_deref()
         .unwrap_or(DEFAULT_LISTEN)
         .trim()
         .parse::<SocketAddr>()
-        .map_err(|_| p.add("CT_LISTEN_ADDR", "is not an address:port such as 0.0.0.0:8443 or [::]:8443"))
+        .map_err(|_| {
+            p.add(
+                "CT_LISTEN_ADDR",
+                "is not an address:port such as 0.0.0.0:8443 or [::]:8443",
+            )
+        })
         .ok();
-    let tls = tls_files(raw.ct_tls_cert_file.as_deref(), raw.ct_tls_key_file.as_deref(), fs, &mut p);
+    let tls = tls_files(
+        raw.ct_tls_cert_file.as_deref(),
+        raw.ct_tls_key_file.as_deref(),
+        fs,
+        &mut p,
+    );
     let cookie_keys = cookie_keys(raw.ct_cookie_secret.as_deref(), &mut p, &mut warnings);
     let allow_unauthenticated = raw
         .ct_allow_unauthenticated
         .as_deref()
-        .map_or(Some(false), |v| parse_bool(v, "CT_ALLOW_UNAUTHENTICATED", &mut p))
+        .map_or(Some(false), |v| {
+            parse_bool(v, "CT_ALLOW_UNAUTHENTICATED", &mut p)
+        })
         .unwrap_or(false);
     let allowed_origins = allowed_origins(raw.ct_allowed_origins.as_deref(), &mut p);
-    let log_format = match raw.ct_log_format.as_deref().map(|v| v.trim().to_ascii_lowercase()) {
+    let log_format = match raw
+        .ct_log_format
+        .as_deref()
+        .map(|v| v.trim().to_ascii_lowercase())
+    {
         None => LogFormat::Text,
         Some(v) if v == "text" => LogFormat::Text,
         Some(v) if v == "json" => LogFormat::Json,
@@ -70,9 +98,18 @@ pub(super) fn validate(raw: Raw, fs: &dyn Files) -> Result<Config, ConfigErrors>
             LogFormat::Text
         }
     };
-    let header_read_timeout =
-        duration(raw.ct_header_read_timeout.as_deref(), "CT_HEADER_READ_TIMEOUT", Duration::from_secs(10), &mut p);
-    let shutdown_grace = duration(raw.ct_shutdown_grace.as_deref(), "CT_SHUTDOWN_GRACE", Duration::from_secs(30), &mut p);
+    let header_read_timeout = duration(
+        raw.ct_header_read_timeout.as_deref(),
+        "CT_HEADER_READ_TIMEOUT",
+        Duration::from_secs(10),
+        &mut p,
+    );
+    let shutdown_grace = duration(
+        raw.ct_shutdown_grace.as_deref(),
+        "CT_SHUTDOWN_GRACE",
+        Duration::from_secs(30),
+        &mut p,
+    );
 
     let mut login_options = Vec::new();
     if raw.ct_sso_authorization_endpt.is_some() {
@@ -80,7 +117,9 @@ pub(super) fn validate(raw: Raw, fs: &dyn Files) -> Result<Config, ConfigErrors>
             login_options.push(provider::Config::Oidc(settings));
         }
         for name in &raw.unknown_sso {
-            warnings.push(format!("{name} is not a variable ssogate reads; check its spelling"));
+            warnings.push(format!(
+                "{name} is not a variable ssogate reads; check its spelling"
+            ));
         }
     } else if allow_unauthenticated {
         warnings.push(
@@ -116,7 +155,9 @@ pub(super) fn validate(raw: Raw, fs: &dyn Files) -> Result<Config, ConfigErrors>
 
 fn is_loopback(url: &Url) -> bool {
     match url.host() {
-        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost"),
+        Some(Host::Domain(d)) => {
+            d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost")
+        }
         Some(Host::Ipv4(ip)) => ip.is_loopback(),
         Some(Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
@@ -124,13 +165,21 @@ fn is_loopback(url: &Url) -> bool {
 }
 
 /// An absolute http(s) URL whose plain-http form is allowed on loopback only.
-fn web_url(var: &'static str, v: &str, p: &mut Problems, warnings: &mut Vec<String>) -> Option<Url> {
+fn web_url(
+    var: &'static str,
+    v: &str,
+    p: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> Option<Url> {
     let Ok(url) = Url::parse(v.trim()) else {
         p.add(var, "is not an absolute URL (expected https://host…)");
         return None;
     };
     if url.host().is_none() || url.cannot_be_a_base() {
-        p.add(var, "is not an absolute URL with a host (expected https://host…)");
+        p.add(
+            var,
+            "is not an absolute URL with a host (expected https://host…)",
+        );
         return None;
     }
     if !url.username().is_empty() || url.password().is_some() {
@@ -140,7 +189,9 @@ fn web_url(var: &'static str, v: &str, p: &mut Problems, warnings: &mut Vec<Stri
     match url.scheme() {
         "https" => Some(url),
         "http" if is_loopback(&url) => {
-            warnings.push(format!("{var} uses plain http on a loopback host; use https anywhere else"));
+            warnings.push(format!(
+                "{var} uses plain http on a loopback host; use https anywhere else"
+            ));
             Some(url)
         }
         "http" => {
@@ -175,7 +226,10 @@ fn read_certs(var: &'static str, path: &str, fs: &dyn Files, p: &mut Problems) -
 fn server_url(v: &str, p: &mut Problems, warnings: &mut Vec<String>) -> Option<Url> {
     let url = web_url("CT_SERVER_URL", v, p, warnings)?;
     if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
-        p.add("CT_SERVER_URL", "must be an origin only (https://host[:port]), without a path, query or fragment");
+        p.add(
+            "CT_SERVER_URL",
+            "must be an origin only (https://host[:port]), without a path, query or fragment",
+        );
         return None;
     }
     Some(url)
@@ -183,29 +237,49 @@ fn server_url(v: &str, p: &mut Problems, warnings: &mut Vec<String>) -> Option<U
 
 fn upstream_url(v: &str, p: &mut Problems) -> Option<Url> {
     let Ok(url) = Url::parse(v.trim()) else {
-        p.add("CT_UPSTREAM_URL", "is not an absolute URL (expected http://host:port)");
+        p.add(
+            "CT_UPSTREAM_URL",
+            "is not an absolute URL (expected http://host:port)",
+        );
         return None;
     };
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        p.add("CT_UPSTREAM_URL", "must be an http:// or https:// URL with a host");
+        p.add(
+            "CT_UPSTREAM_URL",
+            "must be an http:// or https:// URL with a host",
+        );
         return None;
     }
     if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
-        p.add("CT_UPSTREAM_URL", "must not carry a query, fragment or user name");
+        p.add(
+            "CT_UPSTREAM_URL",
+            "must not carry a query, fragment or user name",
+        );
         return None;
     }
     Some(url)
 }
 
-fn tls_files(cert: Option<&str>, key: Option<&str>, fs: &dyn Files, p: &mut Problems) -> Option<TlsFiles> {
+fn tls_files(
+    cert: Option<&str>,
+    key: Option<&str>,
+    fs: &dyn Files,
+    p: &mut Problems,
+) -> Option<TlsFiles> {
     match (cert, key) {
         (None, None) => None,
         (Some(_), None) => {
-            p.add("CT_TLS_KEY_FILE", "is required when CT_TLS_CERT_FILE is set");
+            p.add(
+                "CT_TLS_KEY_FILE",
+                "is required when CT_TLS_CERT_FILE is set",
+            );
             None
         }
         (None, Some(_)) => {
-            p.add("CT_TLS_CERT_FILE", "is required when CT_TLS_KEY_FILE is set");
+            p.add(
+                "CT_TLS_CERT_FILE",
+                "is required when CT_TLS_KEY_FILE is set",
+            );
             None
         }
         (Some(cert), Some(key)) => {
@@ -213,19 +287,32 @@ fn tls_files(cert: Option<&str>, key: Option<&str>, fs: &dyn Files, p: &mut Prob
             let key_file = PathBuf::from(key.trim());
             let cert_ok = match fs.read(&cert_file) {
                 Err(e) => {
-                    p.add("CT_TLS_CERT_FILE", format!("cannot read {}: {e}", cert_file.display()));
+                    p.add(
+                        "CT_TLS_CERT_FILE",
+                        format!("cannot read {}: {e}", cert_file.display()),
+                    );
                     false
                 }
-                Ok(pem) => files::certs(&pem).map_err(|e| p.add("CT_TLS_CERT_FILE", format!("{} {e}", cert_file.display()))).is_ok(),
+                Ok(pem) => files::certs(&pem)
+                    .map_err(|e| p.add("CT_TLS_CERT_FILE", format!("{} {e}", cert_file.display())))
+                    .is_ok(),
             };
             let key_ok = match fs.read(&key_file) {
                 Err(e) => {
-                    p.add("CT_TLS_KEY_FILE", format!("cannot read {}: {e}", key_file.display()));
+                    p.add(
+                        "CT_TLS_KEY_FILE",
+                        format!("cannot read {}: {e}", key_file.display()),
+                    );
                     false
                 }
-                Ok(pem) => files::private_key(&pem).map_err(|e| p.add("CT_TLS_KEY_FILE", format!("{} {e}", key_file.display()))).is_ok(),
+                Ok(pem) => files::private_key(&pem)
+                    .map_err(|e| p.add("CT_TLS_KEY_FILE", format!("{} {e}", key_file.display())))
+                    .is_ok(),
             };
-            (cert_ok && key_ok).then_some(TlsFiles { cert_file, key_file })
+            (cert_ok && key_ok).then_some(TlsFiles {
+                cert_file,
+                key_file,
+            })
         }
     }
 }
@@ -233,7 +320,9 @@ fn tls_files(cert: Option<&str>, key: Option<&str>, fs: &dyn Files, p: &mut Prob
 /// Decodes standard or URL-safe base64, padded or not.
 pub(crate) fn decode_base64(v: &str) -> Option<Vec<u8>> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD].iter().find_map(|e| e.decode(v).ok())
+    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|e| e.decode(v).ok())
 }
 
 fn cookie_keys(v: Option<&str>, p: &mut Problems, warnings: &mut Vec<String>) -> CookieKeys {
@@ -244,13 +333,24 @@ fn cookie_keys(v: Option<&str>, p: &mut Problems, warnings: &mut Vec<String>) ->
         );
         let mut key = vec![0u8; MIN_KEY_BYTES];
         rand::Rng::fill(&mut rand::thread_rng(), key.as_mut_slice());
-        return CookieKeys { keys: vec![Secret::new(key)], generated: true };
+        return CookieKeys {
+            keys: vec![Secret::new(key)],
+            generated: true,
+        };
     };
-    let parts: Vec<&str> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let parts: Vec<&str> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     let total = parts.len();
     let mut keys = Vec::with_capacity(total);
     for (i, part) in parts.into_iter().enumerate() {
-        let which = if total > 1 { format!("key {} of {total}", i + 1) } else { "the key".to_string() };
+        let which = if total > 1 {
+            format!("key {} of {total}", i + 1)
+        } else {
+            "the key".to_string()
+        };
         match decode_base64(part) {
             None => p.add("CT_COOKIE_SECRET", format!("{which} is not base64")),
             Some(bytes) if bytes.len() < MIN_KEY_BYTES => p.add(
@@ -260,7 +360,10 @@ fn cookie_keys(v: Option<&str>, p: &mut Problems, warnings: &mut Vec<String>) ->
             Some(bytes) => keys.push(Secret::new(bytes)),
         }
     }
-    CookieKeys { keys, generated: false }
+    CookieKeys {
+        keys,
+        generated: false,
+    }
 }
 
 fn parse_bool(v: &str, var: &'static str, p: &mut Problems) -> Option<bool> {
@@ -277,7 +380,10 @@ fn parse_bool(v: &str, var: &'static str, p: &mut Problems) -> Option<bool> {
 /// `30s`, `5m`, `1h30m` or a bare number of seconds.
 pub(crate) fn parse_duration(v: &str) -> Option<Duration> {
     let v = v.trim();
-    v.parse::<u64>().ok().map(Duration::from_secs).or_else(|| humantime::parse_duration(v).ok())
+    v.parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+        .or_else(|| humantime::parse_duration(v).ok())
 }
 
 fn duration(v: Option<&str>, var: &'static str, default: Duration, p: &mut Problems) -> Duration {
@@ -292,24 +398,47 @@ fn duration(v: Option<&str>, var: &'static str, default: Duration, p: &mut Probl
 
 fn allowed_origins(v: Option<&str>, p: &mut Problems) -> Vec<String> {
     let mut out = Vec::new();
-    for item in v.unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for item in v
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         match Url::parse(item) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.path() == "/" => {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.path() == "/" =>
+            {
                 out.push(u.origin().ascii_serialization());
             }
-            _ => p.add("CT_ALLOWED_ORIGINS", format!("`{item}` is not an origin such as https://app.example.com")),
+            _ => p.add(
+                "CT_ALLOWED_ORIGINS",
+                format!("`{item}` is not an origin such as https://app.example.com"),
+            ),
         }
     }
     out
 }
 
-fn oidc_settings(raw: &Raw, fs: &dyn Files, p: &mut Problems, warnings: &mut Vec<String>) -> Option<oidc::Settings> {
+fn oidc_settings(
+    raw: &Raw,
+    fs: &dyn Files,
+    p: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> Option<oidc::Settings> {
     let issuer = raw
         .ct_sso_authorization_endpt
         .as_deref()
         .and_then(|v| web_url("CT_SSO_AUTHORIZATION_ENDPT", v, p, warnings));
-    if issuer.as_ref().is_some_and(|u| u.query().is_some() || u.fragment().is_some()) {
-        p.add("CT_SSO_AUTHORIZATION_ENDPT", "must not carry a query or fragment");
+    if issuer
+        .as_ref()
+        .is_some_and(|u| u.query().is_some() || u.fragment().is_some())
+    {
+        p.add(
+            "CT_SSO_AUTHORIZATION_ENDPT",
+            "must not carry a query or fragment",
+        );
     }
     let token_endpoint = raw
         .ct_sso_token_endpt
@@ -317,18 +446,31 @@ fn oidc_settings(raw: &Raw, fs: &dyn Files, p: &mut Problems, warnings: &mut Vec
         .and_then(|v| web_url("CT_SSO_TOKEN_ENDPT", v, p, warnings));
     let client_id = raw.ct_sso_client_id.clone().map(|s| s.trim().to_string());
     if client_id.is_none() {
-        p.add("CT_SSO_CLIENT_ID", "is required when CT_SSO_AUTHORIZATION_ENDPT is set");
+        p.add(
+            "CT_SSO_CLIENT_ID",
+            "is required when CT_SSO_AUTHORIZATION_ENDPT is set",
+        );
     }
     let client_secret = raw.ct_sso_client_secret.clone();
     if client_secret.is_none() {
-        p.add("CT_SSO_CLIENT_SECRET", "is required when CT_SSO_AUTHORIZATION_ENDPT is set");
+        p.add(
+            "CT_SSO_CLIENT_SECRET",
+            "is required when CT_SSO_AUTHORIZATION_ENDPT is set",
+        );
     }
-    let quirks = match raw.ct_sso_provider.as_deref().map(|v| v.trim().to_ascii_uppercase()) {
+    let quirks = match raw
+        .ct_sso_provider
+        .as_deref()
+        .map(|v| v.trim().to_ascii_uppercase())
+    {
         None => Some(oidc::Quirks::Generic),
         Some(v) if v == "OKTA" => Some(oidc::Quirks::Okta),
         Some(v) if v == "MICROSOFT" => Some(oidc::Quirks::Microsoft),
         Some(_) => {
-            p.add("CT_SSO_PROVIDER", "must be OKTA or MICROSOFT, or unset for any other provider");
+            p.add(
+                "CT_SSO_PROVIDER",
+                "must be OKTA or MICROSOFT, or unset for any other provider",
+            );
             None
         }
     };
@@ -343,8 +485,16 @@ fn oidc_settings(raw: &Raw, fs: &dyn Files, p: &mut Problems, warnings: &mut Vec
     if !scopes.iter().any(|s| s == "openid") {
         p.add("CT_SSO_SCOPES", "must include openid");
     }
-    let ca_pem = raw.ct_sso_ca_file.as_deref().and_then(|path| read_certs("CT_SSO_CA_FILE", path, fs, p));
-    let leeway = duration(raw.ct_sso_leeway.as_deref(), "CT_SSO_LEEWAY", Duration::from_secs(60), p);
+    let ca_pem = raw
+        .ct_sso_ca_file
+        .as_deref()
+        .and_then(|path| read_certs("CT_SSO_CA_FILE", path, fs, p));
+    let leeway = duration(
+        raw.ct_sso_leeway.as_deref(),
+        "CT_SSO_LEEWAY",
+        Duration::from_secs(60),
+        p,
+    );
     if leeway > Duration::from_secs(600) {
         p.add("CT_SSO_LEEWAY", "must be at most 10m");
     }

@@ -13,14 +13,14 @@ use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use openidconnect::core::{CoreAuthenticationFlow, CoreIdToken};
 use openidconnect::{
-    AuthorizationCode, ClientId, CsrfToken, EndSessionUrl, LogoutRequest, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
-    PkceCodeVerifier, PostLogoutRedirectUrl, Scope,
+    AuthorizationCode, ClientId, CsrfToken, EndSessionUrl, LogoutRequest, Nonce,
+    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, PostLogoutRedirectUrl, Scope,
 };
 use tokio::task::JoinHandle;
 use url::Url;
 
 use self::discovery::Loaded;
-use super::{Begin, Bearer, Callback, LoginOption, ProviderError, SignedIn};
+use super::{Bearer, Begin, Callback, LoginOption, ProviderError, SignedIn};
 use crate::config::Secret;
 use crate::session::{LoginState, Session};
 
@@ -61,7 +61,11 @@ impl Settings {
     /// (Auth0's issuer, which really ends in `/`, is written with it).
     pub fn issuer_str(&self) -> String {
         let s = self.issuer.as_str();
-        if self.issuer.path() == "/" && !s.is_empty() { s.trim_end_matches('/').to_string() } else { s.to_string() }
+        if self.issuer.path() == "/" && !s.is_empty() {
+            s.trim_end_matches('/').to_string()
+        } else {
+            s.to_string()
+        }
     }
 }
 
@@ -103,7 +107,6 @@ impl Oidc {
     fn loaded(&self) -> Result<Arc<Loaded>, ProviderError> {
         self.inner.loaded.load_full().ok_or(ProviderError::NotReady)
     }
-
 }
 
 async fn load_forever(inner: Arc<Inner>) {
@@ -128,7 +131,9 @@ async fn load_forever(inner: Arc<Inner>) {
         tokio::time::sleep(REDISCOVER_EVERY).await;
         match discovery::discover(&inner.settings, &inner.http, &inner.redirect_uri).await {
             Ok(loaded) => inner.loaded.store(Some(Arc::new(loaded))),
-            Err(e) => tracing::warn!(%issuer, error = %e, "periodic rediscovery failed; keeping the loaded provider"),
+            Err(e) => {
+                tracing::warn!(%issuer, error = %e, "periodic rediscovery failed; keeping the loaded provider")
+            }
         }
     }
 }
@@ -151,7 +156,11 @@ impl LoginOption for Oidc {
         let (state_c, nonce_c) = (state.clone(), nonce.clone());
         let mut request = loaded
             .client
-            .authorize_url(CoreAuthenticationFlow::AuthorizationCode, move || state_c, move || nonce_c)
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                move || state_c,
+                move || nonce_c,
+            )
             .set_pkce_challenge(challenge);
         for scope in self.inner.settings.scopes.iter().filter(|s| *s != "openid") {
             request = request.add_scope(Scope::new(scope.clone()));
@@ -170,10 +179,18 @@ impl LoginOption for Oidc {
         })
     }
 
-    async fn complete(&self, callback: &Callback, st: &LoginState) -> Result<SignedIn, ProviderError> {
-        let code = callback.code.as_deref().filter(|c| !c.is_empty()).ok_or_else(|| {
-            ProviderError::BadResponse("the callback carries no authorization code".into())
-        })?;
+    async fn complete(
+        &self,
+        callback: &Callback,
+        st: &LoginState,
+    ) -> Result<SignedIn, ProviderError> {
+        let code = callback
+            .code
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| {
+                ProviderError::BadResponse("the callback carries no authorization code".into())
+            })?;
         let settings = &self.inner.settings;
         let loaded = self.loaded()?;
         let response = loaded
@@ -184,23 +201,35 @@ impl LoginOption for Oidc {
             .request_async(&self.inner.http)
             .await
             .map_err(claims::token_error)?;
-        let (loaded, mut signed_in) = match claims::validate(settings, &loaded, &response, &st.nonce) {
-            Err(ProviderError::InvalidToken(reason)) if reason == claims::UNKNOWN_KEY => {
-                // The provider may have rotated its keys: reload (rate-limited)
-                // and check the same token once more.
-                self.reload_keys().await;
-                let reloaded = self.loaded()?;
-                let signed_in = claims::validate(settings, &reloaded, &response, &st.nonce)?;
-                (reloaded, signed_in)
-            }
-            other => (loaded, other?),
-        };
-        if loaded.has_userinfo && (signed_in.identity.email.is_none() || signed_in.identity.preferred_username.is_none()) {
-            claims::merge_userinfo(&loaded, &self.inner.http, response.access_token(), &mut signed_in).await?;
+        let (loaded, mut signed_in) =
+            match claims::validate(settings, &loaded, &response, &st.nonce) {
+                Err(ProviderError::InvalidToken(reason)) if reason == claims::UNKNOWN_KEY => {
+                    // The provider may have rotated its keys: reload (rate-limited)
+                    // and check the same token once more.
+                    self.reload_keys().await;
+                    let reloaded = self.loaded()?;
+                    let signed_in = claims::validate(settings, &reloaded, &response, &st.nonce)?;
+                    (reloaded, signed_in)
+                }
+                other => (loaded, other?),
+            };
+        if loaded.has_userinfo
+            && (signed_in.identity.email.is_none()
+                || signed_in.identity.preferred_username.is_none())
+        {
+            claims::merge_userinfo(
+                &loaded,
+                &self.inner.http,
+                response.access_token(),
+                &mut signed_in,
+            )
+            .await?;
         }
         signed_in.refresh_token = response.refresh_token().map(|t| t.secret().clone());
         if let Some(expires_in) = response.expires_in() {
-            signed_in.expires_at = signed_in.expires_at.min(crate::clock::now().saturating_add(expires_in.as_secs()));
+            signed_in.expires_at = signed_in
+                .expires_at
+                .min(crate::clock::now().saturating_add(expires_in.as_secs()));
         }
         Ok(signed_in)
     }
@@ -219,9 +248,19 @@ impl LoginOption for Oidc {
         }
         *last = Some(Instant::now());
         let Ok(current) = self.loaded() else { return };
-        match discovery::reload_keys(&self.inner.settings, &self.inner.http, &current, &self.inner.redirect_uri).await {
+        match discovery::reload_keys(
+            &self.inner.settings,
+            &self.inner.http,
+            &current,
+            &self.inner.redirect_uri,
+        )
+        .await
+        {
             Ok(loaded) => {
-                tracing::info!(keys = loaded.keys.len(), "signing keys reloaded after an unknown key id");
+                tracing::info!(
+                    keys = loaded.keys.len(),
+                    "signing keys reloaded after an unknown key id"
+                );
                 self.inner.loaded.store(Some(Arc::new(loaded)));
             }
             Err(e) => tracing::warn!(error = %e, "signing key reload failed"),
@@ -236,7 +275,11 @@ impl LoginOption for Oidc {
         if let Ok(redirect) = PostLogoutRedirectUrl::new(post_logout_redirect.to_string()) {
             request = request.set_post_logout_redirect_uri(redirect);
         }
-        if let Some(hint) = session.id_token.as_ref().and_then(|t| t.expose().parse::<CoreIdToken>().ok()) {
+        if let Some(hint) = session
+            .id_token
+            .as_ref()
+            .and_then(|t| t.expose().parse::<CoreIdToken>().ok())
+        {
             request = request.set_id_token_hint(&hint);
         }
         Some(request.http_get_url().to_string())
@@ -253,15 +296,20 @@ pub async fn check(settings: &Settings, redirect_uri: &str) -> Result<Vec<String
         loaded.keys.len()
     )];
     if loaded.keys.is_empty() {
-        return Err(ProviderError::BadResponse("the provider publishes no usable signing key".into()));
+        return Err(ProviderError::BadResponse(
+            "the provider publishes no usable signing key".into(),
+        ));
     }
     lines.push(match &loaded.end_session {
         Some(url) => format!("sign-out also ends the provider session at {url}"),
-        None => "the provider has no end_session_endpoint: sign-out ends the gate's session only".into(),
+        None => {
+            "the provider has no end_session_endpoint: sign-out ends the gate's session only".into()
+        }
     });
     match &settings.token_endpoint {
         Some(url) => lines.push(format!("sessions are refreshed at {url}")),
-        None => lines.push("CT_SSO_TOKEN_ENDPT is not set: sessions end when their tokens expire".into()),
+        None => lines
+            .push("CT_SSO_TOKEN_ENDPT is not set: sessions end when their tokens expire".into()),
     }
     Ok(lines)
 }

@@ -43,7 +43,8 @@ pub struct Outbound<'a> {
 pub fn is_owned(name: &str) -> bool {
     let b = name.as_bytes();
     let eq = |s: &str| b.len() == s.len() && b.iter().zip(s.bytes()).all(|(x, y)| norm(*x) == y);
-    let prefix = |s: &str| b.len() >= s.len() && b.iter().zip(s.bytes()).all(|(x, y)| norm(*x) == y);
+    let prefix =
+        |s: &str| b.len() >= s.len() && b.iter().zip(s.bytes()).all(|(x, y)| norm(*x) == y);
     prefix("x-forwarded-") || eq("forwarded") || eq("x-real-ip")
 }
 
@@ -86,7 +87,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// Prepares a request's headers for the upstream.
 pub fn to_upstream(headers: &mut HeaderMap, out: &Outbound<'_>) {
     strip_hop_by_hop(headers, out.upgrade);
-    let owned: Vec<HeaderName> = headers.keys().filter(|n| is_owned(n.as_str())).cloned().collect();
+    let owned: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_owned(n.as_str()))
+        .cloned()
+        .collect();
     for name in owned {
         headers.remove(name);
     }
@@ -134,10 +139,8 @@ fn rebuild_cookies(headers: &mut HeaderMap) {
         .collect();
     let joined = kept.join("; ");
     headers.remove(header::COOKIE);
-    if let Ok(v) = HeaderValue::from_str(&joined) {
-        if !joined.is_empty() {
-            headers.insert(header::COOKIE, v);
-        }
+    if let (false, Ok(v)) = (joined.is_empty(), HeaderValue::from_str(&joined)) {
+        headers.insert(header::COOKIE, v);
     }
 }
 

@@ -9,8 +9,14 @@ use crate::respond::contains_ignore_case;
 
 /// An HTTP/1.1 WebSocket handshake: `Upgrade: websocket` and `Connection: upgrade`.
 pub fn is_websocket(headers: &HeaderMap) -> bool {
-    let upgrade = headers.get_all(header::UPGRADE).iter().any(|v| contains_ignore_case(v.as_bytes(), b"websocket"));
-    let connection = headers.get_all(header::CONNECTION).iter().any(|v| contains_ignore_case(v.as_bytes(), b"upgrade"));
+    let upgrade = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|v| contains_ignore_case(v.as_bytes(), b"websocket"));
+    let connection = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| contains_ignore_case(v.as_bytes(), b"upgrade"));
     upgrade && connection
 }
 
@@ -58,12 +64,26 @@ mod tests {
         let own = "https://gate.example";
         let extra = vec!["https://ide.example".to_string()];
         let mut h = HeaderMap::new();
-        assert!(origin_allowed(&h, own, &extra), "no Origin: judged by credentials");
-        h.insert(header::ORIGIN, HeaderValue::from_static("https://gate.example"));
+        assert!(
+            origin_allowed(&h, own, &extra),
+            "no Origin: judged by credentials"
+        );
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://gate.example"),
+        );
         assert!(origin_allowed(&h, own, &extra));
-        h.insert(header::ORIGIN, HeaderValue::from_static("https://ide.example"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://ide.example"),
+        );
         assert!(origin_allowed(&h, own, &extra));
-        for bad in ["https://evil.example", "null", "https://gate.example.evil.example", "http://gate.example"] {
+        for bad in [
+            "https://evil.example",
+            "null",
+            "https://gate.example.evil.example",
+            "http://gate.example",
+        ] {
             h.insert(header::ORIGIN, HeaderValue::from_str(bad).unwrap());
             assert!(!origin_allowed(&h, own, &extra), "{bad}");
         }
@@ -74,7 +94,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
         assert!(!is_websocket(&h));
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
         assert!(is_websocket(&h));
     }
 }

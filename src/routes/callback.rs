@@ -16,7 +16,10 @@ fn clean(s: &str, max: usize) -> String {
 }
 
 fn sign_in_failed(status: StatusCode, reason: impl Into<String>) -> Failure {
-    Failure::SignIn { status, reason: reason.into() }
+    Failure::SignIn {
+        status,
+        reason: reason.into(),
+    }
 }
 
 pub async fn callback(state: &State, req: &Request<Incoming>) -> Response<Body> {
@@ -33,17 +36,33 @@ pub async fn callback(state: &State, req: &Request<Incoming>) -> Response<Body> 
     let mut cookies = Vec::new();
     let Some(state_param) = cb.state.as_deref().filter(|s| !s.is_empty()) else {
         let reason = match &cb.error {
-            Some(e) => format!("The identity provider refused the sign-in ({}).", clean(e, 64)),
+            Some(e) => format!(
+                "The identity provider refused the sign-in ({}).",
+                clean(e, 64)
+            ),
             None => "The sign-in answer carries no state. Please sign in again.".to_string(),
         };
         return sign_in_failed(StatusCode::BAD_REQUEST, reason).respond(html);
     };
-    let taken = state.login_states.take(state_param, req.headers(), now, &mut cookies);
+    let taken = state
+        .login_states
+        .take(state_param, req.headers(), now, &mut cookies);
     if let Some(error) = &cb.error {
-        let description = cb.error_description.as_deref().map(|d| format!(": {}", clean(d, 200))).unwrap_or_default();
+        let description = cb
+            .error_description
+            .as_deref()
+            .map(|d| format!(": {}", clean(d, 200)))
+            .unwrap_or_default();
         tracing::info!(error = %clean(error, 64), "the provider refused the sign-in");
-        let status = if error == "access_denied" { StatusCode::FORBIDDEN } else { StatusCode::BAD_REQUEST };
-        let reason = format!("The identity provider refused the sign-in ({}{description}).", clean(error, 64));
+        let status = if error == "access_denied" {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        let reason = format!(
+            "The identity provider refused the sign-in ({}{description}).",
+            clean(error, 64)
+        );
         return with_cookies(sign_in_failed(status, reason).respond(html), cookies);
     }
     let st = match taken {
@@ -52,13 +71,25 @@ pub async fn callback(state: &State, req: &Request<Incoming>) -> Response<Body> 
             tracing::info!(reason = %e, "sign-in callback with an unusable state");
             let reason = match e {
                 LoginStateError::Expired => "The sign-in took too long. Please sign in again.",
-                _ => "This sign-in is not under way in this browser (it may have been completed already). Please sign in again.",
+                _ => {
+                    "This sign-in is not under way in this browser (it may have been completed already). Please sign in again."
+                }
             };
-            return with_cookies(sign_in_failed(StatusCode::BAD_REQUEST, reason).respond(html), cookies);
+            return with_cookies(
+                sign_in_failed(StatusCode::BAD_REQUEST, reason).respond(html),
+                cookies,
+            );
         }
     };
     let Some(option) = state.registry.get(&st.option) else {
-        return with_cookies(sign_in_failed(StatusCode::BAD_REQUEST, "This sign-in option no longer exists.").respond(html), cookies);
+        return with_cookies(
+            sign_in_failed(
+                StatusCode::BAD_REQUEST,
+                "This sign-in option no longer exists.",
+            )
+            .respond(html),
+            cookies,
+        );
     };
     let signed_in = match option.complete(&cb, &st).await {
         Ok(s) => s,
@@ -68,11 +99,16 @@ pub async fn callback(state: &State, req: &Request<Incoming>) -> Response<Body> 
                     StatusCode::BAD_REQUEST,
                     "The sign-in code was already used or has expired. Please sign in again.",
                 ),
-                ProviderError::InvalidToken(reason) => {
-                    sign_in_failed(StatusCode::UNAUTHORIZED, format!("The identity provider's answer failed validation: {reason}."))
+                ProviderError::InvalidToken(reason) => sign_in_failed(
+                    StatusCode::UNAUTHORIZED,
+                    format!("The identity provider's answer failed validation: {reason}."),
+                ),
+                ProviderError::NotReady | ProviderError::Unreachable(_) => {
+                    Failure::ProviderUnavailable
                 }
-                ProviderError::NotReady | ProviderError::Unreachable(_) => Failure::ProviderUnavailable,
-                ProviderError::Denied(m) | ProviderError::BadResponse(m) => Failure::ProviderError(format!("{m}.")),
+                ProviderError::Denied(m) | ProviderError::BadResponse(m) => {
+                    Failure::ProviderError(format!("{m}."))
+                }
                 ProviderError::Config(_) => Failure::Internal,
             };
             tracing::warn!(option = option.id(), error = %e, "sign-in failed");
@@ -92,7 +128,10 @@ pub async fn callback(state: &State, req: &Request<Incoming>) -> Response<Body> 
     let saved = match state.store.save(&session, req.headers(), now, &mut cookies) {
         Err(StoreError::TooLarge(size)) => {
             // The ID token is kept only as a logout hint: drop it before giving up.
-            tracing::warn!(size, "session too large for cookies; keeping it without the ID token");
+            tracing::warn!(
+                size,
+                "session too large for cookies; keeping it without the ID token"
+            );
             session.id_token = None;
             state.store.save(&session, req.headers(), now, &mut cookies)
         }

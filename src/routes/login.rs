@@ -13,7 +13,11 @@ pub fn login(state: &State, req: &Request<Incoming>) -> Response<Body> {
     let now = crate::clock::now();
     let return_to = return_to::sanitize(query_param(req.uri(), "rd").as_deref());
     // Already signed in: nothing to do but land.
-    if state.store.load(req.headers()).is_some_and(|s| s.expires_at > now && state.registry.get(&s.option).is_some()) {
+    if state
+        .store
+        .load(req.headers())
+        .is_some_and(|s| s.expires_at > now && state.registry.get(&s.option).is_some())
+    {
         return respond::redirect(&return_to);
     }
     let Some(option) = state.registry.default_option() else {
@@ -28,7 +32,10 @@ pub fn login(state: &State, req: &Request<Incoming>) -> Response<Body> {
         }
     };
     let mut cookies = Vec::new();
-    if let Err(e) = state.login_states.issue(&begin.state, req.headers(), now, &mut cookies) {
+    if let Err(e) = state
+        .login_states
+        .issue(&begin.state, req.headers(), now, &mut cookies)
+    {
         tracing::error!(error = %e, "cannot store the sign-in state");
         return Failure::Internal.respond(html);
     }

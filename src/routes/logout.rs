@@ -26,5 +26,10 @@ pub fn logout(state: &State, req: &Request<Incoming>) -> Response<Body> {
 }
 
 fn signed_out() -> Response<Body> {
-    respond::page(StatusCode::OK, "Signed out", "You are signed out.", Some(("Sign in again", "/sso/login")))
+    respond::page(
+        StatusCode::OK,
+        "Signed out",
+        "You are signed out.",
+        Some(("Sign in again", "/sso/login")),
+    )
 }

@@ -12,7 +12,16 @@ const MAX_LEN: usize = 2048;
 /// Layers of percent-encoding looked through.
 const DECODE_ROUNDS: usize = 3;
 /// Characters re-encoded before the path goes into a `Location` header.
-const LOCATION_UNSAFE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'<').add(b'>').add(b'`').add(b'{').add(b'}').add(b'|').add(b'^');
+const LOCATION_UNSAFE: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'<')
+    .add(b'>')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'|')
+    .add(b'^');
 
 /// The landing path for a raw (already query-decoded) `rd` value.
 pub fn sanitize(rd: Option<&str>) -> String {
@@ -62,7 +71,10 @@ mod tests {
     #[test]
     fn local_paths_are_kept() {
         assert_eq!(sanitize(Some("/")), "/");
-        assert_eq!(sanitize(Some("/app/page?x=1&y=%2F#frag")), "/app/page?x=1&y=%2F#frag");
+        assert_eq!(
+            sanitize(Some("/app/page?x=1&y=%2F#frag")),
+            "/app/page?x=1&y=%2F#frag"
+        );
         assert_eq!(sanitize(Some("/a b")), "/");
     }
 

@@ -63,7 +63,13 @@ impl Sealer {
         let mut nonce = [0u8; NONCE_LEN];
         rand::thread_rng().fill_bytes(&mut nonce);
         let ct = cipher
-            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: name.as_bytes() })
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: name.as_bytes(),
+                },
+            )
             .map_err(|_| SealError)?;
         let mut raw = Vec::with_capacity(1 + NONCE_LEN + ct.len());
         raw.push(VERSION);
@@ -83,7 +89,13 @@ impl Sealer {
         let nonce = Nonce::from(<[u8; NONCE_LEN]>::try_from(nonce).ok()?);
         self.ciphers.iter().find_map(|cipher| {
             cipher
-                .decrypt(&nonce, Payload { msg: ct, aad: name.as_bytes() })
+                .decrypt(
+                    &nonce,
+                    Payload {
+                        msg: ct,
+                        aad: name.as_bytes(),
+                    },
+                )
                 .ok()
         })
     }
@@ -103,7 +115,11 @@ mod tests {
         let s = Sealer::new(&[key(1)]).unwrap();
         let v = s.seal("a", b"hello").unwrap();
         assert_eq!(s.open("a", &v).as_deref(), Some(&b"hello"[..]));
-        assert_eq!(s.open("b", &v), None, "a value moved to another cookie must not open");
+        assert_eq!(
+            s.open("b", &v),
+            None,
+            "a value moved to another cookie must not open"
+        );
     }
 
     #[test]
@@ -115,7 +131,11 @@ mod tests {
         assert_eq!(rotated.open("n", &by_old).as_deref(), Some(&b"x"[..]));
         let by_new = rotated.seal("n", b"y").unwrap();
         assert_eq!(old.open("n", &by_new), None, "the new key seals");
-        assert_eq!(retired.open("n", &by_old), None, "a dropped key no longer opens");
+        assert_eq!(
+            retired.open("n", &by_old),
+            None,
+            "a dropped key no longer opens"
+        );
     }
 
     #[test]

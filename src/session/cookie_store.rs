@@ -40,7 +40,10 @@ struct Found<'a> {
 
 impl<'a> Found<'a> {
     fn scan(names: &CookieNames, headers: &'a HeaderMap) -> Self {
-        let mut f = Found { whole: None, parts: [[None; MAX_PARTS]; MAX_PARTS + 1] };
+        let mut f = Found {
+            whole: None,
+            parts: [[None; MAX_PARTS]; MAX_PARTS + 1],
+        };
         for (name, value) in request_cookies(headers) {
             if value.len() > PART_MAX + 64 {
                 continue;
@@ -58,7 +61,9 @@ impl<'a> Found<'a> {
     fn present(&self) -> impl Iterator<Item = Part> + '_ {
         let whole = self.whole.map(|_| Part::Whole);
         let parts = (2..=MAX_PARTS).flat_map(move |count| {
-            (1..=count).filter_map(move |index| self.parts[count][index - 1].map(|_| Part::Of { index, count }))
+            (1..=count).filter_map(move |index| {
+                self.parts[count][index - 1].map(|_| Part::Of { index, count })
+            })
         });
         whole.into_iter().chain(parts)
     }
@@ -87,7 +92,13 @@ impl Store for CookieStore {
         None
     }
 
-    fn save(&self, session: &Session, request: &HeaderMap, now: u64, out: &mut Vec<HeaderValue>) -> Result<(), StoreError> {
+    fn save(
+        &self,
+        session: &Session,
+        request: &HeaderMap,
+        now: u64,
+        out: &mut Vec<HeaderValue>,
+    ) -> Result<(), StoreError> {
         let plain = serde_json::to_vec(session).map_err(|_| StoreError::Encode)?;
         let sealed = self.sealer.seal(self.names.session(), &plain)?;
         // Sealed values are base64 (ASCII), so byte offsets below are char boundaries.
@@ -103,11 +114,21 @@ impl Store for CookieStore {
             written.extend((1..=count).map(|index| Part::Of { index, count }));
         }
         for (i, part) in written.iter().enumerate() {
-            let value = if count == 1 { sealed.as_str() } else { &sealed[i * PART_MAX..((i + 1) * PART_MAX).min(sealed.len())] };
-            out.extend(self.names.set(&self.names.part_name(*part), value, "/", max_age));
+            let value = if count == 1 {
+                sealed.as_str()
+            } else {
+                &sealed[i * PART_MAX..((i + 1) * PART_MAX).min(sealed.len())]
+            };
+            out.extend(
+                self.names
+                    .set(&self.names.part_name(*part), value, "/", max_age),
+            );
         }
         // Remove stale parts of an earlier, differently split session.
-        for stale in Found::scan(&self.names, request).present().filter(|p| !written.contains(p)) {
+        for stale in Found::scan(&self.names, request)
+            .present()
+            .filter(|p| !written.contains(p))
+        {
             out.extend(self.names.remove(&self.names.part_name(stale), "/"));
         }
         Ok(())

@@ -30,9 +30,17 @@ pub struct CookieNames {
 impl CookieNames {
     pub fn new(secure: bool) -> Self {
         if secure {
-            Self { secure, session: "__Host-ssogate", login_prefix: "__Secure-ssogate-login-" }
+            Self {
+                secure,
+                session: "__Host-ssogate",
+                login_prefix: "__Secure-ssogate-login-",
+            }
         } else {
-            Self { secure, session: "ssogate", login_prefix: "ssogate-login-" }
+            Self {
+                secure,
+                session: "ssogate",
+                login_prefix: "ssogate-login-",
+            }
         }
     }
 
@@ -46,7 +54,9 @@ impl CookieNames {
 
     /// Whether a cookie belongs to the gate (and so never reaches the upstream).
     pub fn is_ours(name: &str) -> bool {
-        name.starts_with("ssogate") || name.starts_with("__Host-ssogate") || name.starts_with("__Secure-ssogate")
+        name.starts_with("ssogate")
+            || name.starts_with("__Host-ssogate")
+            || name.starts_with("__Secure-ssogate")
     }
 
     /// Parses a session cookie name without allocating: `base` or
@@ -62,7 +72,8 @@ impl CookieNames {
             return None;
         }
         let (index, count) = (digit(b[1])?, digit(b[4])?);
-        (1 <= index && index <= count && count <= MAX_PARTS && count >= 2).then_some(Part::Of { index, count })
+        (1 <= index && index <= count && (2..=MAX_PARTS).contains(&count))
+            .then_some(Part::Of { index, count })
     }
 
     /// The name of one part of a split session.
@@ -74,7 +85,13 @@ impl CookieNames {
     }
 
     /// `Set-Cookie` for a gate cookie: HttpOnly, SameSite=Lax, Secure on https.
-    pub fn set(&self, name: &str, value: &str, path: &str, max_age_secs: i64) -> Option<HeaderValue> {
+    pub fn set(
+        &self,
+        name: &str,
+        value: &str,
+        path: &str,
+        max_age_secs: i64,
+    ) -> Option<HeaderValue> {
         let c = Cookie::build((name, value))
             .path(path)
             .http_only(true)
@@ -118,7 +135,10 @@ mod tests {
     fn part_names_are_parsed_strictly() {
         let n = CookieNames::new(true);
         assert_eq!(n.session_part("__Host-ssogate"), Some(Part::Whole));
-        assert_eq!(n.session_part("__Host-ssogate_2of3"), Some(Part::Of { index: 2, count: 3 }));
+        assert_eq!(
+            n.session_part("__Host-ssogate_2of3"),
+            Some(Part::Of { index: 2, count: 3 })
+        );
         for bad in [
             "__Host-ssogate_1of10000000000",
             "__Host-ssogate_0of3",
@@ -132,13 +152,19 @@ mod tests {
         ] {
             assert_eq!(n.session_part(bad), None, "{bad}");
         }
-        assert_eq!(n.part_name(Part::Of { index: 1, count: 2 }), "__Host-ssogate_1of2");
+        assert_eq!(
+            n.part_name(Part::Of { index: 1, count: 2 }),
+            "__Host-ssogate_1of2"
+        );
     }
 
     #[test]
     fn cookie_header_pairs_are_read_from_every_header() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; b=\"2\";;junk; =x"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; b=\"2\";;junk; =x"),
+        );
         h.append(header::COOKIE, HeaderValue::from_static("c=3"));
         let got: Vec<_> = request_cookies(&h).collect();
         assert_eq!(got, vec![("a", "1"), ("b", "2"), ("c", "3")]);
@@ -146,18 +172,28 @@ mod tests {
 
     #[test]
     fn set_cookie_has_the_safe_attributes() {
-        let v = CookieNames::new(true).set("__Host-ssogate", "v", "/", 60).unwrap();
+        let v = CookieNames::new(true)
+            .set("__Host-ssogate", "v", "/", 60)
+            .unwrap();
         let s = v.to_str().unwrap();
         for attr in ["HttpOnly", "SameSite=Lax", "Secure", "Path=/", "Max-Age=60"] {
             assert!(s.contains(attr), "{s} lacks {attr}");
         }
-        let plain = CookieNames::new(false).set("ssogate", "v", "/", 60).unwrap();
+        let plain = CookieNames::new(false)
+            .set("ssogate", "v", "/", 60)
+            .unwrap();
         assert!(!plain.to_str().unwrap().contains("Secure"));
     }
 
     #[test]
     fn ours_covers_both_name_families() {
-        for n in ["__Host-ssogate", "__Host-ssogate_1of2", "__Secure-ssogate-login-abc", "ssogate", "ssogate-login-x"] {
+        for n in [
+            "__Host-ssogate",
+            "__Host-ssogate_1of2",
+            "__Secure-ssogate-login-abc",
+            "ssogate",
+            "ssogate-login-x",
+        ] {
             assert!(CookieNames::is_ours(n), "{n}");
         }
         for n in ["app", "session", "__Host-app"] {

@@ -41,7 +41,9 @@ pub struct LoginState {
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LoginStateError {
-    #[error("no sign-in is under way for this state in this browser (it may have finished already)")]
+    #[error(
+        "no sign-in is under way for this state in this browser (it may have finished already)"
+    )]
     Unknown,
     #[error("the sign-in took longer than ten minutes")]
     Expired,
@@ -73,14 +75,29 @@ impl LoginStates {
 
     /// Remembers `st` in a new cookie and drops expired, unreadable and
     /// surplus older sign-ins of this browser.
-    pub fn issue(&self, st: &LoginState, request: &HeaderMap, now: u64, out: &mut Vec<HeaderValue>) -> Result<(), LoginStateError> {
+    pub fn issue(
+        &self,
+        st: &LoginState,
+        request: &HeaderMap,
+        now: u64,
+        out: &mut Vec<HeaderValue>,
+    ) -> Result<(), LoginStateError> {
         let name = self.cookie_name(&st.state).ok_or(LoginStateError::Store)?;
         let plain = serde_json::to_vec(st).map_err(|_| LoginStateError::Store)?;
-        let sealed = self.sealer.seal(&name, &plain).map_err(|_| LoginStateError::Store)?;
+        let sealed = self
+            .sealer
+            .seal(&name, &plain)
+            .map_err(|_| LoginStateError::Store)?;
         let mut live: Vec<(u64, &str)> = Vec::new();
-        for (n, v) in request_cookies(request).filter(|(n, _)| n.starts_with(self.names.login_prefix())) {
+        for (n, v) in
+            request_cookies(request).filter(|(n, _)| n.starts_with(self.names.login_prefix()))
+        {
             match self.open(n, v) {
-                Some(old) if old.created_at + TTL_SECS > now && live.len() < 4 * MAX_PER_BROWSER => live.push((old.created_at, n)),
+                Some(old)
+                    if old.created_at + TTL_SECS > now && live.len() < 4 * MAX_PER_BROWSER =>
+                {
+                    live.push((old.created_at, n))
+                }
                 _ => out.extend(self.names.remove(n, PATH)),
             }
         }
@@ -90,13 +107,23 @@ impl LoginStates {
             out.extend(self.names.remove(n, PATH));
         }
         let ttl = i64::try_from(TTL_SECS).unwrap_or(600);
-        out.push(self.names.set(&name, &sealed, PATH, ttl).ok_or(LoginStateError::Store)?);
+        out.push(
+            self.names
+                .set(&name, &sealed, PATH, ttl)
+                .ok_or(LoginStateError::Store)?,
+        );
         Ok(())
     }
 
     /// Takes the sign-in named by `state`: the cookie is deleted whatever the
     /// outcome, so it can be used once.
-    pub fn take(&self, state: &str, request: &HeaderMap, now: u64, out: &mut Vec<HeaderValue>) -> Result<LoginState, LoginStateError> {
+    pub fn take(
+        &self,
+        state: &str,
+        request: &HeaderMap,
+        now: u64,
+        out: &mut Vec<HeaderValue>,
+    ) -> Result<LoginState, LoginStateError> {
         let name = self.cookie_name(state).ok_or(LoginStateError::Unknown)?;
         let value = request_cookies(request)
             .find(|(n, _)| *n == name)
@@ -122,11 +149,21 @@ mod tests {
     use crate::config::Secret;
 
     fn states() -> LoginStates {
-        LoginStates::new(Arc::new(Sealer::new(&[Secret::new(vec![7; 32])]).unwrap()), CookieNames::new(true))
+        LoginStates::new(
+            Arc::new(Sealer::new(&[Secret::new(vec![7; 32])]).unwrap()),
+            CookieNames::new(true),
+        )
     }
 
     fn st(state: &str, at: u64) -> LoginState {
-        LoginState { state: state.into(), nonce: "n".into(), pkce_verifier: "v".into(), return_to: "/x".into(), option: "oidc".into(), created_at: at }
+        LoginState {
+            state: state.into(),
+            nonce: "n".into(),
+            pkce_verifier: "v".into(),
+            return_to: "/x".into(),
+            option: "oidc".into(),
+            created_at: at,
+        }
     }
 
     fn jar(cookies: &[HeaderValue]) -> HeaderMap {
@@ -136,7 +173,10 @@ mod tests {
             .filter(|c| !c.to_str().unwrap().contains("Max-Age=0"))
             .map(|c| c.to_str().unwrap().split(';').next().unwrap().to_string())
             .collect();
-        h.insert(header::COOKIE, HeaderValue::from_str(&live.join("; ")).unwrap());
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&live.join("; ")).unwrap(),
+        );
         h
     }
 
@@ -147,27 +187,45 @@ mod tests {
     fn two_tabs_each_finish_and_each_once() {
         let s = states();
         let (mut c1, mut c2) = (Vec::new(), Vec::new());
-        s.issue(&st(A, 100), &HeaderMap::new(), 100, &mut c1).unwrap();
+        s.issue(&st(A, 100), &HeaderMap::new(), 100, &mut c1)
+            .unwrap();
         s.issue(&st(B, 101), &jar(&c1), 101, &mut c2).unwrap();
         let both = jar(&[c1, c2].concat());
         let mut out = Vec::new();
         assert_eq!(s.take(B, &both, 102, &mut out).unwrap().state, B);
         assert_eq!(s.take(A, &both, 102, &mut out).unwrap().state, A);
-        assert!(out.iter().all(|c| c.to_str().unwrap().contains("Max-Age=0")), "taking deletes the cookie");
+        assert!(
+            out.iter()
+                .all(|c| c.to_str().unwrap().contains("Max-Age=0")),
+            "taking deletes the cookie"
+        );
     }
 
     #[test]
     fn wrong_expired_and_unknown_states_fail() {
         let s = states();
         let mut c = Vec::new();
-        s.issue(&st(A, 100), &HeaderMap::new(), 100, &mut c).unwrap();
+        s.issue(&st(A, 100), &HeaderMap::new(), 100, &mut c)
+            .unwrap();
         let j = jar(&c);
         let mut out = Vec::new();
-        assert_eq!(s.take(B, &j, 101, &mut out).unwrap_err(), LoginStateError::Unknown);
+        assert_eq!(
+            s.take(B, &j, 101, &mut out).unwrap_err(),
+            LoginStateError::Unknown
+        );
         let forged = format!("{}X", &A[..A.len() - 1]);
-        assert_eq!(s.take(&forged, &j, 101, &mut out).unwrap_err(), LoginStateError::Unknown);
-        assert_eq!(s.take(A, &j, 100 + TTL_SECS, &mut out).unwrap_err(), LoginStateError::Expired);
-        assert_eq!(s.take("", &j, 101, &mut out).unwrap_err(), LoginStateError::Unknown);
+        assert_eq!(
+            s.take(&forged, &j, 101, &mut out).unwrap_err(),
+            LoginStateError::Unknown
+        );
+        assert_eq!(
+            s.take(A, &j, 100 + TTL_SECS, &mut out).unwrap_err(),
+            LoginStateError::Expired
+        );
+        assert_eq!(
+            s.take("", &j, 101, &mut out).unwrap_err(),
+            LoginStateError::Unknown
+        );
     }
 
     #[test]
@@ -177,7 +235,13 @@ mod tests {
         let ids: Vec<String> = (0..6).map(|i| format!("{i}{}", "x".repeat(42))).collect();
         for (i, id) in ids.iter().enumerate() {
             let mut out = Vec::new();
-            s.issue(&st(id, 100 + i as u64), &jar(&all), 100 + i as u64, &mut out).unwrap();
+            s.issue(
+                &st(id, 100 + i as u64),
+                &jar(&all),
+                100 + i as u64,
+                &mut out,
+            )
+            .unwrap();
             for c in out {
                 let name = c.to_str().unwrap().split('=').next().unwrap().to_string();
                 all.retain(|o| o.to_str().unwrap().split('=').next().unwrap() != name);
@@ -186,8 +250,14 @@ mod tests {
         }
         let live = jar(&all);
         let mut out = Vec::new();
-        assert!(s.take(&ids[0], &live, 110, &mut out).is_err(), "oldest dropped");
-        assert!(s.take(&ids[1], &live, 110, &mut out).is_err(), "second oldest dropped");
+        assert!(
+            s.take(&ids[0], &live, 110, &mut out).is_err(),
+            "oldest dropped"
+        );
+        assert!(
+            s.take(&ids[1], &live, 110, &mut out).is_err(),
+            "second oldest dropped"
+        );
         for id in &ids[2..] {
             assert!(s.take(id, &live, 110, &mut out).is_ok(), "newest kept");
         }

@@ -3,7 +3,7 @@
 //! `TestPki::new()` makes the CA and a first leaf; `reissue()` signs a new
 //! leaf (new key, new serial) with the same CA and replaces the files, so a
 //! test can watch the gate pick up a renewed certificate.
-#![expect(
+#![allow(
     clippy::expect_used,
     reason = "test support: a failure to set up is a broken test machine and should fail loudly"
 )]

@@ -15,7 +15,7 @@
 //! Every request is recorded (after its body was read, before the response
 //! is sent) so `requests()` is complete as soon as the client has a response.
 //! Dropping the `Upstream` stops the listener and every open connection.
-#![expect(
+#![allow(
     clippy::expect_used,
     reason = "test support: a failure to set up is a broken test machine and should fail loudly"
 )]

@@ -6,8 +6,9 @@
 use chrono::Utc;
 use openidconnect::core::{CoreErrorResponseType, CoreTokenResponse, CoreUserInfoClaims};
 use openidconnect::{
-    AccessToken, AccessTokenHash, ClaimsVerificationError, Nonce, OAuth2TokenResponse as _, RequestTokenError,
-    SignatureVerificationError, StandardErrorResponse, SubjectIdentifier, TokenResponse as _, UserInfoError,
+    AccessToken, AccessTokenHash, ClaimsVerificationError, Nonce, OAuth2TokenResponse as _,
+    RequestTokenError, SignatureVerificationError, StandardErrorResponse, SubjectIdentifier,
+    TokenResponse as _, UserInfoError,
 };
 use serde::Deserialize;
 
@@ -29,8 +30,12 @@ pub fn token_error<RE: std::error::Error + 'static>(
             other => ProviderError::Denied(format!("token endpoint error {}", other.as_ref())),
         },
         RequestTokenError::Request(e) => ProviderError::Unreachable(e.to_string()),
-        RequestTokenError::Parse(_, _) => ProviderError::BadResponse("the token endpoint did not answer a JSON token response".into()),
-        RequestTokenError::Other(_) => ProviderError::BadResponse("the token endpoint answered an error without a usable body".into()),
+        RequestTokenError::Parse(_, _) => ProviderError::BadResponse(
+            "the token endpoint did not answer a JSON token response".into(),
+        ),
+        RequestTokenError::Other(_) => ProviderError::BadResponse(
+            "the token endpoint answered an error without a usable body".into(),
+        ),
     }
 }
 
@@ -46,7 +51,11 @@ fn extra_claims(compact: &str) -> Extra {
     compact
         .split('.')
         .nth(1)
-        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
         .and_then(|json| serde_json::from_slice(&json).ok())
         .unwrap_or_default()
 }
@@ -62,7 +71,9 @@ fn describe(e: &ClaimsVerificationError) -> String {
         C::InvalidNonce(_) => "nonce missing or mismatched",
         C::InvalidSubject(_) => "wrong subject",
         C::SignatureVerification(S::NoMatchingKey) => UNKNOWN_KEY,
-        C::SignatureVerification(S::DisallowedAlg(_) | S::UnsupportedAlg(_)) => "signature algorithm not accepted",
+        C::SignatureVerification(S::DisallowedAlg(_) | S::UnsupportedAlg(_)) => {
+            "signature algorithm not accepted"
+        }
         C::SignatureVerification(S::NoSignature) => "unsigned token",
         C::SignatureVerification(S::AmbiguousKeyId(_)) => "no key id and several matching keys",
         C::SignatureVerification(_) => "bad signature",
@@ -73,7 +84,12 @@ fn describe(e: &ClaimsVerificationError) -> String {
 }
 
 /// Validates the ID token of a code exchange and reads the identity from it.
-pub fn validate(settings: &Settings, loaded: &Loaded, response: &CoreTokenResponse, nonce: &str) -> Result<SignedIn, ProviderError> {
+pub fn validate(
+    settings: &Settings,
+    loaded: &Loaded,
+    response: &CoreTokenResponse,
+    nonce: &str,
+) -> Result<SignedIn, ProviderError> {
     let id_token = response
         .id_token()
         .ok_or_else(|| ProviderError::BadResponse("the token response holds no id_token".into()))?;
@@ -84,7 +100,11 @@ pub fn validate(settings: &Settings, loaded: &Loaded, response: &CoreTokenRespon
         .set_allowed_algs(loaded.algorithms.clone())
         .set_time_fn(move || Utc::now() - leeway)
         .set_issue_time_verifier_fn(move |iat| {
-            if iat > Utc::now() + leeway { Err("issued in the future".to_string()) } else { Ok(()) }
+            if iat > Utc::now() + leeway {
+                Err("issued in the future".to_string())
+            } else {
+                Ok(())
+            }
         });
     let claims = id_token
         .claims(&verifier, &Nonce::new(nonce.to_string()))
@@ -94,13 +114,16 @@ pub fn validate(settings: &Settings, loaded: &Loaded, response: &CoreTokenRespon
             return Err(ProviderError::InvalidToken("azp is not this client".into()));
         }
     } else if claims.audiences().len() > 1 {
-        return Err(ProviderError::InvalidToken("several audiences but no azp".into()));
+        return Err(ProviderError::InvalidToken(
+            "several audiences but no azp".into(),
+        ));
     }
     if let Some(expected) = claims.access_token_hash() {
         let bad = || ProviderError::InvalidToken("at_hash does not match the access token".into());
         let alg = id_token.signing_alg().map_err(|_| bad())?;
         let key = id_token.signing_key(&verifier).map_err(|_| bad())?;
-        let actual = AccessTokenHash::from_token(response.access_token(), alg, key).map_err(|_| bad())?;
+        let actual =
+            AccessTokenHash::from_token(response.access_token(), alg, key).map_err(|_| bad())?;
         if actual != *expected {
             return Err(bad());
         }
@@ -110,7 +133,10 @@ pub fn validate(settings: &Settings, loaded: &Loaded, response: &CoreTokenRespon
         identity: Identity {
             sub: claims.subject().as_str().to_string(),
             email: claims.email().map(|e| e.as_str().to_string()),
-            name: claims.name().and_then(|n| n.get(None)).map(|n| n.as_str().to_string()),
+            name: claims
+                .name()
+                .and_then(|n| n.get(None))
+                .map(|n| n.as_str().to_string()),
             preferred_username: claims.preferred_username().map(|u| u.as_str().to_string()),
         },
         sid: extra.sid,
@@ -130,11 +156,15 @@ pub async fn merge_userinfo(
     signed_in: &mut SignedIn,
 ) -> Result<(), ProviderError> {
     let sub = SubjectIdentifier::new(signed_in.identity.sub.clone());
-    let Ok(request) = loaded.client.user_info(access_token.clone(), Some(sub)) else { return Ok(()) };
+    let Ok(request) = loaded.client.user_info(access_token.clone(), Some(sub)) else {
+        return Ok(());
+    };
     let info: CoreUserInfoClaims = match request.request_async(http).await {
         Ok(info) => info,
         Err(UserInfoError::ClaimsVerification(_)) => {
-            return Err(ProviderError::InvalidToken("userinfo sub differs from the ID token's".into()));
+            return Err(ProviderError::InvalidToken(
+                "userinfo sub differs from the ID token's".into(),
+            ));
         }
         Err(e) => {
             tracing::warn!(error = %e, "userinfo request failed; signing in with the ID token's claims only");
@@ -142,8 +172,18 @@ pub async fn merge_userinfo(
         }
     };
     let id = &mut signed_in.identity;
-    id.email = id.email.take().or_else(|| info.email().map(|e| e.as_str().to_string()));
-    id.preferred_username = id.preferred_username.take().or_else(|| info.preferred_username().map(|u| u.as_str().to_string()));
-    id.name = id.name.take().or_else(|| info.name().and_then(|n| n.get(None)).map(|n| n.as_str().to_string()));
+    id.email = id
+        .email
+        .take()
+        .or_else(|| info.email().map(|e| e.as_str().to_string()));
+    id.preferred_username = id
+        .preferred_username
+        .take()
+        .or_else(|| info.preferred_username().map(|u| u.as_str().to_string()));
+    id.name = id.name.take().or_else(|| {
+        info.name()
+            .and_then(|n| n.get(None))
+            .map(|n| n.as_str().to_string())
+    });
     Ok(())
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use openidconnect::core::{CoreClient, CoreJsonWebKeySet, CoreJwsSigningAlgorithm};
 use openidconnect::{
-    AuthType, ClientId, ClientSecret, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, JsonWebKeySetUrl,
-    ProviderMetadataWithLogout, RedirectUrl,
+    AuthType, ClientId, ClientSecret, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl,
+    JsonWebKeySetUrl, ProviderMetadataWithLogout, RedirectUrl,
 };
 
 use super::Settings;
@@ -15,8 +15,14 @@ use super::keys::KeySet;
 use crate::provider::ProviderError;
 
 /// The client as discovery leaves it: auth URL set, token and userinfo URLs maybe.
-pub type DiscoveredClient =
-    CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet>;
+pub type DiscoveredClient = CoreClient<
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
 
 /// Everything loaded from the provider.
 pub struct Loaded {
@@ -46,18 +52,29 @@ fn asymmetric(alg: &CoreJwsSigningAlgorithm) -> bool {
 }
 
 /// Fetches and checks the discovery document and keys.
-pub async fn discover(settings: &Settings, http: &reqwest::Client, redirect_uri: &str) -> Result<Loaded, ProviderError> {
-    let issuer = IssuerUrl::new(settings.issuer.to_string()).map_err(|e| ProviderError::Config(e.to_string()))?;
-    let metadata = ProviderMetadataWithLogout::discover_async(issuer, http).await.map_err(|e| {
-        use openidconnect::DiscoveryError as D;
-        match e {
-            D::Request(e) => ProviderError::Unreachable(e.to_string()),
-            D::Response(status, _, _) => ProviderError::BadResponse(format!("discovery answered HTTP {status}")),
-            D::Parse(_) => ProviderError::BadResponse("the discovery document is not valid JSON metadata".into()),
-            D::Validation(msg) => ProviderError::BadResponse(msg),
-            other => ProviderError::BadResponse(other.to_string()),
-        }
-    })?;
+pub async fn discover(
+    settings: &Settings,
+    http: &reqwest::Client,
+    redirect_uri: &str,
+) -> Result<Loaded, ProviderError> {
+    let issuer =
+        IssuerUrl::new(settings.issuer_str()).map_err(|e| ProviderError::Config(e.to_string()))?;
+    let metadata = ProviderMetadataWithLogout::discover_async(issuer, http)
+        .await
+        .map_err(|e| {
+            use openidconnect::DiscoveryError as D;
+            match e {
+                D::Request(e) => ProviderError::Unreachable(e.to_string()),
+                D::Response(status, _, _) => {
+                    ProviderError::BadResponse(format!("discovery answered HTTP {status}"))
+                }
+                D::Parse(_) => ProviderError::BadResponse(
+                    "the discovery document is not valid JSON metadata".into(),
+                ),
+                D::Validation(msg) => ProviderError::BadResponse(msg),
+                other => ProviderError::BadResponse(other.to_string()),
+            }
+        })?;
     build(settings, metadata, redirect_uri)
 }
 
@@ -73,24 +90,56 @@ pub async fn reload_keys(
     build(settings, metadata, redirect_uri)
 }
 
-async fn fetch_jwks(http: &reqwest::Client, uri: &JsonWebKeySetUrl) -> Result<CoreJsonWebKeySet, ProviderError> {
-    let resp = http.get(uri.url().as_str()).send().await.map_err(|e| ProviderError::Unreachable(e.to_string()))?;
+async fn fetch_jwks(
+    http: &reqwest::Client,
+    uri: &JsonWebKeySetUrl,
+) -> Result<CoreJsonWebKeySet, ProviderError> {
+    let resp = http
+        .get(uri.url().as_str())
+        .send()
+        .await
+        .map_err(|e| ProviderError::Unreachable(e.to_string()))?;
     if !resp.status().is_success() {
-        return Err(ProviderError::BadResponse(format!("jwks_uri answered HTTP {}", resp.status())));
+        return Err(ProviderError::BadResponse(format!(
+            "jwks_uri answered HTTP {}",
+            resp.status()
+        )));
     }
-    let body = resp.bytes().await.map_err(|e| ProviderError::Unreachable(e.to_string()))?;
-    serde_json::from_slice(&body).map_err(|_| ProviderError::BadResponse("jwks_uri did not answer a JSON key set".into()))
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| ProviderError::Unreachable(e.to_string()))?;
+    serde_json::from_slice(&body)
+        .map_err(|_| ProviderError::BadResponse("jwks_uri did not answer a JSON key set".into()))
 }
 
-fn build(settings: &Settings, metadata: ProviderMetadataWithLogout, redirect_uri: &str) -> Result<Loaded, ProviderError> {
-    let jwks_json = serde_json::to_value(metadata.jwks()).map_err(|e| ProviderError::BadResponse(e.to_string()))?;
-    let keys = KeySet::from_jwks(&jwks_json, metadata.issuer().as_str(), &settings.client_id, settings.leeway);
+fn build(
+    settings: &Settings,
+    metadata: ProviderMetadataWithLogout,
+    redirect_uri: &str,
+) -> Result<Loaded, ProviderError> {
+    let jwks_json = serde_json::to_value(metadata.jwks())
+        .map_err(|e| ProviderError::BadResponse(e.to_string()))?;
+    let keys = KeySet::from_jwks(
+        &jwks_json,
+        metadata.issuer().as_str(),
+        &settings.client_id,
+        settings.leeway,
+    );
     let published = metadata.id_token_signing_alg_values_supported();
-    let mut algorithms: Vec<CoreJwsSigningAlgorithm> = published.iter().filter(|a| asymmetric(a)).cloned().collect();
+    let mut algorithms: Vec<CoreJwsSigningAlgorithm> = published
+        .iter()
+        .filter(|a| asymmetric(a))
+        .cloned()
+        .collect();
     if algorithms.is_empty() {
         algorithms.push(CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256);
     }
-    let end_session = metadata.additional_metadata().end_session_endpoint.as_ref().map(|u| u.url().to_string());
+    let end_session = metadata
+        .additional_metadata()
+        .end_session_endpoint
+        .as_ref()
+        .map(|u| u.url().to_string());
     let has_userinfo = metadata.userinfo_endpoint().is_some();
     let auth_type = auth_type(&metadata);
     let client = CoreClient::from_provider_metadata(
@@ -98,16 +147,29 @@ fn build(settings: &Settings, metadata: ProviderMetadataWithLogout, redirect_uri
         ClientId::new(settings.client_id.clone()),
         Some(ClientSecret::new(settings.client_secret.expose().clone())),
     )
-    .set_redirect_uri(RedirectUrl::new(redirect_uri.to_string()).map_err(|e| ProviderError::Config(e.to_string()))?)
+    .set_redirect_uri(
+        RedirectUrl::new(redirect_uri.to_string())
+            .map_err(|e| ProviderError::Config(e.to_string()))?,
+    )
     .set_auth_type(auth_type);
-    Ok(Loaded { metadata, client, keys, algorithms, end_session, has_userinfo })
+    Ok(Loaded {
+        metadata,
+        client,
+        keys,
+        algorithms,
+        end_session,
+        has_userinfo,
+    })
 }
 
 /// `client_secret_basic` unless the provider lists only `client_secret_post`.
 fn auth_type(metadata: &ProviderMetadataWithLogout) -> AuthType {
     use openidconnect::core::CoreClientAuthMethod as M;
     match metadata.token_endpoint_auth_methods_supported() {
-        Some(methods) if !methods.contains(&M::ClientSecretBasic) && methods.contains(&M::ClientSecretPost) => {
+        Some(methods)
+            if !methods.contains(&M::ClientSecretBasic)
+                && methods.contains(&M::ClientSecretPost) =>
+        {
             AuthType::RequestBody
         }
         _ => AuthType::BasicAuth,

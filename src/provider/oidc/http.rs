@@ -16,11 +16,14 @@ pub fn client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, ProviderError> {
         .connect_timeout(CONNECT_TIMEOUT)
         .user_agent(concat!("ssogate/", env!("CARGO_PKG_VERSION")));
     if let Some(pem) = ca_pem {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|_| ProviderError::Config("CT_SSO_CA_FILE holds no usable certificate".into()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|_| {
+            ProviderError::Config("CT_SSO_CA_FILE holds no usable certificate".into())
+        })?;
         for cert in certs {
             builder = builder.add_root_certificate(cert);
         }
     }
-    builder.build().map_err(|e| ProviderError::Config(format!("HTTP client: {e}")))
+    builder
+        .build()
+        .map_err(|e| ProviderError::Config(format!("HTTP client: {e}")))
 }

@@ -56,8 +56,15 @@ fn algorithms_for(jwk: &Jwk) -> Vec<Algorithm> {
         AlgorithmParameters::OctetKeyPair(_) => AlgorithmFamily::Ed.algorithms(),
         _ => &[],
     };
-    let pinned = jwk.common.key_algorithm.and_then(|ka| Algorithm::from_str(&ka.to_string()).ok());
-    family.iter().copied().filter(|a| pinned.is_none_or(|p| p == *a)).collect()
+    let pinned = jwk
+        .common
+        .key_algorithm
+        .and_then(|ka| Algorithm::from_str(&ka.to_string()).ok());
+    family
+        .iter()
+        .copied()
+        .filter(|a| pinned.is_none_or(|p| p == *a))
+        .collect()
 }
 
 use std::str::FromStr as _;
@@ -65,19 +72,41 @@ use std::str::FromStr as _;
 impl KeySet {
     /// Builds the set from a JWKS document; keys that are symmetric, for
     /// encryption only, or unparsable are skipped.
-    pub fn from_jwks(jwks: &serde_json::Value, issuer: &str, client_id: &str, leeway: Duration) -> Self {
+    pub fn from_jwks(
+        jwks: &serde_json::Value,
+        issuer: &str,
+        client_id: &str,
+        leeway: Duration,
+    ) -> Self {
         let mut entries = Vec::new();
-        for raw in jwks.get("keys").and_then(|k| k.as_array()).into_iter().flatten() {
-            let Ok(jwk) = serde_json::from_value::<Jwk>(raw.clone()) else { continue };
-            if raw.get("use").and_then(|u| u.as_str()).is_some_and(|u| u != "sig") {
+        for raw in jwks
+            .get("keys")
+            .and_then(|k| k.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let Ok(jwk) = serde_json::from_value::<Jwk>(raw.clone()) else {
+                continue;
+            };
+            if raw
+                .get("use")
+                .and_then(|u| u.as_str())
+                .is_some_and(|u| u != "sig")
+            {
                 continue;
             }
             let algorithms = algorithms_for(&jwk);
             if algorithms.is_empty() {
                 continue;
             }
-            let Ok(key) = DecodingKey::from_jwk(&jwk) else { continue };
-            entries.push(Entry { kid: jwk.common.key_id.clone(), key, algorithms });
+            let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+                continue;
+            };
+            entries.push(Entry {
+                kid: jwk.common.key_id.clone(),
+                key,
+                algorithms,
+            });
         }
         let mut validations = HashMap::new();
         for alg in entries.iter().flat_map(|e| e.algorithms.iter().copied()) {
@@ -91,7 +120,10 @@ impl KeySet {
                 v
             });
         }
-        Self { entries, validations }
+        Self {
+            entries,
+            validations,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -120,21 +152,38 @@ impl KeySet {
         };
         let candidates: Vec<&Entry> = match header.kid.as_deref() {
             Some(kid) => {
-                let found: Vec<&Entry> = self.entries.iter().filter(|e| e.kid.as_deref() == Some(kid)).collect();
+                let found: Vec<&Entry> = self
+                    .entries
+                    .iter()
+                    .filter(|e| e.kid.as_deref() == Some(kid))
+                    .collect();
                 if found.is_empty() {
                     return Bearer::UnknownKey;
                 }
                 found
             }
-            None => self.entries.iter().filter(|e| e.algorithms.contains(&header.alg)).take(MAX_KEYS_WITHOUT_KID).collect(),
+            None => self
+                .entries
+                .iter()
+                .filter(|e| e.algorithms.contains(&header.alg))
+                .take(MAX_KEYS_WITHOUT_KID)
+                .collect(),
         };
         let mut last = "no key of that type".to_string();
-        for entry in candidates.into_iter().filter(|e| e.algorithms.contains(&header.alg)) {
+        for entry in candidates
+            .into_iter()
+            .filter(|e| e.algorithms.contains(&header.alg))
+        {
             match jsonwebtoken::decode::<Claims>(token, &entry.key, validation) {
                 Ok(data) => {
                     let c = data.claims;
                     return Bearer::Valid {
-                        identity: Identity { sub: c.sub, email: c.email, name: c.name, preferred_username: c.preferred_username },
+                        identity: Identity {
+                            sub: c.sub,
+                            email: c.email,
+                            name: c.name,
+                            preferred_username: c.preferred_username,
+                        },
                         expires_at: c.exp,
                     };
                 }

@@ -5,18 +5,47 @@ use proptest::prelude::*;
 
 use super::*;
 
-fn outbound<'a>(proto: &'a HeaderValue, host: &'a HeaderValue, identity: Option<&'a Identity>, upgrade: bool) -> Outbound<'a> {
-    Outbound { peer: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)), proto, host, identity, upgrade }
+fn outbound<'a>(
+    proto: &'a HeaderValue,
+    host: &'a HeaderValue,
+    identity: Option<&'a Identity>,
+    upgrade: bool,
+) -> Outbound<'a> {
+    Outbound {
+        peer: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
+        proto,
+        host,
+        identity,
+        upgrade,
+    }
 }
 
 #[test]
 fn spoofed_identity_and_forwarding_headers_are_replaced() {
     let mut h = HeaderMap::new();
-    for name in ["x-forwarded-user", "X-Forwarded-Email", "x_forwarded_user", "X_FORWARDED_PREFERRED_USERNAME", "x-forwarded-for", "forwarded", "x-real-ip", "x-forwarded-host"] {
-        h.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("evil"));
+    for name in [
+        "x-forwarded-user",
+        "X-Forwarded-Email",
+        "x_forwarded_user",
+        "X_FORWARDED_PREFERRED_USERNAME",
+        "x-forwarded-for",
+        "forwarded",
+        "x-real-ip",
+        "x-forwarded-host",
+    ] {
+        h.append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_static("evil"),
+        );
     }
-    let (proto, host) = (HeaderValue::from_static("https"), HeaderValue::from_static("gate.example"));
-    let id = Identity { sub: "alice".into(), ..Default::default() };
+    let (proto, host) = (
+        HeaderValue::from_static("https"),
+        HeaderValue::from_static("gate.example"),
+    );
+    let id = Identity {
+        sub: "alice".into(),
+        ..Default::default()
+    };
     to_upstream(&mut h, &outbound(&proto, &host, Some(&id), false));
     assert!(h.values().all(|v| v != "evil"), "{h:?}");
     assert_eq!(h["x-forwarded-user"], "alice");
@@ -30,13 +59,19 @@ fn spoofed_identity_and_forwarding_headers_are_replaced() {
 #[test]
 fn hop_by_hop_and_connection_listed_headers_go() {
     let mut h = HeaderMap::new();
-    h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+    h.insert(
+        header::CONNECTION,
+        HeaderValue::from_static("keep-alive, x-secret"),
+    );
     h.insert("x-secret", HeaderValue::from_static("1"));
     h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
     h.insert(header::TE, HeaderValue::from_static("trailers"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert("x-app", HeaderValue::from_static("kept"));
-    let (proto, host) = (HeaderValue::from_static("https"), HeaderValue::from_static("g"));
+    let (proto, host) = (
+        HeaderValue::from_static("https"),
+        HeaderValue::from_static("g"),
+    );
     to_upstream(&mut h, &outbound(&proto, &host, None, false));
     for gone in ["connection", "x-secret", "keep-alive", "te", "upgrade"] {
         assert!(h.get(gone).is_none(), "{gone} survived");
@@ -49,7 +84,10 @@ fn upgrade_keeps_upgrade_and_connection() {
     let mut h = HeaderMap::new();
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    let (proto, host) = (HeaderValue::from_static("https"), HeaderValue::from_static("g"));
+    let (proto, host) = (
+        HeaderValue::from_static("https"),
+        HeaderValue::from_static("g"),
+    );
     to_upstream(&mut h, &outbound(&proto, &host, None, true));
     assert_eq!(h[header::UPGRADE], "websocket");
     assert_eq!(h[header::CONNECTION], "upgrade");
@@ -58,8 +96,14 @@ fn upgrade_keeps_upgrade_and_connection() {
 #[test]
 fn gate_cookies_are_removed_and_app_cookies_kept_in_one_header() {
     let mut h = HeaderMap::new();
-    h.append(header::COOKIE, HeaderValue::from_static("app=1; __Host-ssogate=secret"));
-    h.append(header::COOKIE, HeaderValue::from_static("__Host-ssogate_1of2=a; theme=dark"));
+    h.append(
+        header::COOKIE,
+        HeaderValue::from_static("app=1; __Host-ssogate=secret"),
+    );
+    h.append(
+        header::COOKIE,
+        HeaderValue::from_static("__Host-ssogate_1of2=a; theme=dark"),
+    );
     strip_gate_cookies(&mut h);
     assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
     assert_eq!(h[header::COOKIE], "app=1; theme=dark");
@@ -72,7 +116,11 @@ fn gate_cookies_are_removed_and_app_cookies_kept_in_one_header() {
     let mut none_of_ours = HeaderMap::new();
     none_of_ours.insert(header::COOKIE, HeaderValue::from_static("a=1;b=2"));
     strip_gate_cookies(&mut none_of_ours);
-    assert_eq!(none_of_ours[header::COOKIE], "a=1;b=2", "untouched when nothing to remove");
+    assert_eq!(
+        none_of_ours[header::COOKIE],
+        "a=1;b=2",
+        "untouched when nothing to remove"
+    );
 }
 
 proptest! {

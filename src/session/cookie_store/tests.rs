@@ -7,14 +7,21 @@ use crate::config::Secret;
 use crate::identity::Identity;
 
 fn store(key: u8) -> CookieStore {
-    CookieStore::new(Arc::new(Sealer::new(&[Secret::new(vec![key; 32])]).unwrap()), CookieNames::new(true))
+    CookieStore::new(
+        Arc::new(Sealer::new(&[Secret::new(vec![key; 32])]).unwrap()),
+        CookieNames::new(true),
+    )
 }
 
 fn session(id_token_len: usize) -> Session {
     Session {
         id: "sid-1".into(),
         option: "oidc".into(),
-        identity: Identity { sub: "alice".into(), email: Some("alice@example.com".into()), ..Default::default() },
+        identity: Identity {
+            sub: "alice".into(),
+            email: Some("alice@example.com".into()),
+            ..Default::default()
+        },
         sid: None,
         created_at: 1_000,
         expires_at: 5_000,
@@ -31,7 +38,10 @@ fn as_request(set_cookies: &[HeaderValue]) -> HeaderMap {
         .filter(|p| !p.ends_with('='))
         .collect();
     let mut h = HeaderMap::new();
-    h.insert(header::COOKIE, HeaderValue::from_str(&pairs.join("; ")).unwrap());
+    h.insert(
+        header::COOKIE,
+        HeaderValue::from_str(&pairs.join("; ")).unwrap(),
+    );
     h
 }
 
@@ -39,7 +49,8 @@ fn as_request(set_cookies: &[HeaderValue]) -> HeaderMap {
 fn small_session_is_one_cookie_and_round_trips() {
     let s = store(1);
     let mut out = Vec::new();
-    s.save(&session(10), &HeaderMap::new(), 1_000, &mut out).unwrap();
+    s.save(&session(10), &HeaderMap::new(), 1_000, &mut out)
+        .unwrap();
     assert_eq!(out.len(), 1);
     assert!(out[0].to_str().unwrap().starts_with("__Host-ssogate="));
     let back = s.load(&as_request(&out)).unwrap();
@@ -51,7 +62,8 @@ fn small_session_is_one_cookie_and_round_trips() {
 fn large_session_is_split_and_reassembled_never_truncated() {
     let s = store(1);
     let mut out = Vec::new();
-    s.save(&session(9_000), &HeaderMap::new(), 1_000, &mut out).unwrap();
+    s.save(&session(9_000), &HeaderMap::new(), 1_000, &mut out)
+        .unwrap();
     assert!(out.len() >= 3, "expected several parts, got {}", out.len());
     for v in &out {
         assert!(v.len() < 4096, "a cookie exceeds what browsers keep");
@@ -64,8 +76,12 @@ fn large_session_is_split_and_reassembled_never_truncated() {
 fn a_missing_or_tampered_part_means_no_session() {
     let s = store(1);
     let mut out = Vec::new();
-    s.save(&session(9_000), &HeaderMap::new(), 1_000, &mut out).unwrap();
-    assert!(s.load(&as_request(&out[1..])).is_none(), "missing first part");
+    s.save(&session(9_000), &HeaderMap::new(), 1_000, &mut out)
+        .unwrap();
+    assert!(
+        s.load(&as_request(&out[1..])).is_none(),
+        "missing first part"
+    );
     let mut tampered = out.clone();
     let text = tampered[1].to_str().unwrap().replacen("=", "=A", 1);
     tampered[1] = HeaderValue::from_str(&text).unwrap();
@@ -75,14 +91,18 @@ fn a_missing_or_tampered_part_means_no_session() {
 #[test]
 fn a_foreign_key_means_no_session() {
     let mut out = Vec::new();
-    store(1).save(&session(10), &HeaderMap::new(), 1_000, &mut out).unwrap();
+    store(1)
+        .save(&session(10), &HeaderMap::new(), 1_000, &mut out)
+        .unwrap();
     assert!(store(2).load(&as_request(&out)).is_none());
 }
 
 #[test]
 fn too_large_is_an_error_not_a_truncation() {
     let mut out = Vec::new();
-    let err = store(1).save(&session(40_000), &HeaderMap::new(), 1_000, &mut out).unwrap_err();
+    let err = store(1)
+        .save(&session(40_000), &HeaderMap::new(), 1_000, &mut out)
+        .unwrap_err();
     assert!(matches!(err, StoreError::TooLarge(_)));
     assert!(out.is_empty());
 }
@@ -91,22 +111,33 @@ fn too_large_is_an_error_not_a_truncation() {
 fn shrinking_session_removes_stale_parts_and_clear_removes_all() {
     let s = store(1);
     let mut big = Vec::new();
-    s.save(&session(9_000), &HeaderMap::new(), 1_000, &mut big).unwrap();
+    s.save(&session(9_000), &HeaderMap::new(), 1_000, &mut big)
+        .unwrap();
     let req = as_request(&big);
     let mut small = Vec::new();
     s.save(&session(10), &req, 1_000, &mut small).unwrap();
-    let removed = small.iter().filter(|v| v.to_str().unwrap().contains("Max-Age=0")).count();
+    let removed = small
+        .iter()
+        .filter(|v| v.to_str().unwrap().contains("Max-Age=0"))
+        .count();
     assert_eq!(removed, big.len(), "every old part is deleted");
     let mut cleared = Vec::new();
     s.clear(&req, &mut cleared);
     assert_eq!(cleared.len(), big.len());
-    assert!(cleared.iter().all(|v| v.to_str().unwrap().contains("Max-Age=0")));
+    assert!(
+        cleared
+            .iter()
+            .all(|v| v.to_str().unwrap().contains("Max-Age=0"))
+    );
 }
 
 #[test]
 fn absurd_part_names_are_ignored() {
     let s = store(1);
     let mut h = HeaderMap::new();
-    h.insert(header::COOKIE, HeaderValue::from_static("__Host-ssogate_1of10000000000=x; __Host-ssogate_9of9=y"));
+    h.insert(
+        header::COOKIE,
+        HeaderValue::from_static("__Host-ssogate_1of10000000000=x; __Host-ssogate_9of9=y"),
+    );
     assert!(s.load(&h).is_none());
 }

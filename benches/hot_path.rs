@@ -1,1 +1,171 @@
-fn main() {}
+//! Micro-benchmarks of the authenticated hot path: opening the session
+//! cookie, verifying a bearer JWT with a cached key, rewriting request
+//! headers, validating `rd`, and the gate decision. `cargo bench`.
+#![allow(
+    clippy::unwrap_used,
+    reason = "benchmark setup: a failure is a broken benchmark"
+)]
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, Method, header};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
+use ssogate::config::Secret;
+use ssogate::gate::{self, Credential};
+use ssogate::identity::Identity;
+use ssogate::provider::oidc::keys::KeySet;
+use ssogate::proxy::headers::{Outbound, to_upstream};
+use ssogate::routes::return_to;
+use ssogate::session::{CookieNames, CookieStore, Sealer, Session, Store};
+
+fn session(id_token_len: usize) -> Session {
+    Session {
+        id: "Zx3mQ0b1Yq2Jx8cVt6WlKg".into(),
+        option: "oidc".into(),
+        identity: Identity {
+            sub: "00u1abcd2EFGH3ijk4x7".into(),
+            email: Some("alice@example.com".into()),
+            name: Some("Alice Example".into()),
+            preferred_username: Some("alice".into()),
+        },
+        sid: Some("sid-123".into()),
+        created_at: 1_700_000_000,
+        expires_at: u64::MAX / 2,
+        refresh_token: Some(Secret::new("r".repeat(64))),
+        id_token: Some(Secret::new("i".repeat(id_token_len))),
+    }
+}
+
+/// The request headers a browser sends with a session of this size.
+fn request_with_session(store: &CookieStore, id_token_len: usize) -> HeaderMap {
+    let mut set = Vec::new();
+    store
+        .save(
+            &session(id_token_len),
+            &HeaderMap::new(),
+            1_700_000_000,
+            &mut set,
+        )
+        .unwrap();
+    let cookie: Vec<String> = set
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+        .collect();
+    let mut h = HeaderMap::new();
+    h.insert(header::HOST, HeaderValue::from_static("ct.example.com"));
+    h.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("text/html,application/xhtml+xml"),
+    );
+    h.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static("Mozilla/5.0 (X11; Linux x86_64)"),
+    );
+    h.insert(
+        header::COOKIE,
+        HeaderValue::from_str(&format!("app=1; {}", cookie.join("; "))).unwrap(),
+    );
+    h
+}
+
+fn cookies(c: &mut Criterion) {
+    let sealer = Arc::new(Sealer::new(&[Secret::new(vec![7; 32])]).unwrap());
+    let store = CookieStore::new(sealer, CookieNames::new(true));
+    for (label, len) in [("small_1_cookie", 800), ("entra_sized_3_cookies", 7_000)] {
+        let req = request_with_session(&store, len);
+        c.bench_function(&format!("session_open/{label}"), |b| {
+            b.iter(|| black_box(store.load(black_box(&req))))
+        });
+    }
+}
+
+fn bearer(c: &mut Criterion) {
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let encoding = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+    let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::ES256).unwrap();
+    jwk.common.key_id = Some("k1".into());
+    let jwks = serde_json::json!({ "keys": [jwk] });
+    let keys = KeySet::from_jwks(
+        &jwks,
+        "https://idp.example.com",
+        "ssogate",
+        Duration::from_secs(60),
+    );
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("k1".into());
+    let claims = serde_json::json!({
+        "iss": "https://idp.example.com", "aud": "ssogate", "sub": "alice", "email": "alice@example.com",
+        "exp": jsonwebtoken::get_current_timestamp() + 3600, "iat": jsonwebtoken::get_current_timestamp(),
+    });
+    let token = jsonwebtoken::encode(&header, &claims, &encoding).unwrap();
+    c.bench_function("bearer_verify/es256_cached_key", |b| {
+        b.iter(|| black_box(keys.verify(black_box(&token))))
+    });
+}
+
+fn headers(c: &mut Criterion) {
+    let sealer = Arc::new(Sealer::new(&[Secret::new(vec![7; 32])]).unwrap());
+    let store = CookieStore::new(sealer, CookieNames::new(true));
+    let template = request_with_session(&store, 800);
+    let identity = session(0).identity;
+    let (proto, host) = (
+        HeaderValue::from_static("https"),
+        HeaderValue::from_static("ct.example.com"),
+    );
+    c.bench_function("headers_to_upstream", |b| {
+        b.iter_batched(
+            || template.clone(),
+            |mut h| {
+                to_upstream(
+                    &mut h,
+                    &Outbound {
+                        peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        proto: &proto,
+                        host: &host,
+                        identity: Some(&identity),
+                        upgrade: false,
+                    },
+                );
+                h
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+fn decisions(c: &mut Criterion) {
+    c.bench_function("return_to/sanitize", |b| {
+        b.iter(|| {
+            black_box(return_to::sanitize(Some(black_box(
+                "/app/session/42?tab=files",
+            ))))
+        })
+    });
+    c.bench_function("return_to/reject_encoded", |b| {
+        b.iter(|| black_box(return_to::sanitize(Some(black_box("/%2F%2Fevil.example")))))
+    });
+    let s = session(0);
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("text/html,application/xhtml+xml"),
+    );
+    c.bench_function("gate_decide", |b| {
+        b.iter(|| {
+            let nav = gate::is_navigation(&Method::GET, black_box(&h));
+            black_box(gate::decide(
+                nav,
+                Credential::Session(black_box(&s)),
+                1_700_000_100,
+            ))
+        })
+    });
+}
+
+criterion_group!(benches, cookies, bearer, headers, decisions);
+criterion_main!(benches);

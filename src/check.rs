@@ -16,6 +16,16 @@ pub async fn check(config: &Config) -> Result<Vec<String>, Vec<String>> {
     for w in &config.warnings {
         ok.push(format!("warning: {w}"));
     }
+    // What serving would refuse (e.g. a certificate and key that are not a pair).
+    if let Some(files) = &config.tls {
+        match crate::server::tls::acceptor(files) {
+            Ok(_) => ok.push(format!(
+                "serves HTTPS with {} (HTTP/2 and HTTP/1.1)",
+                files.cert_file.display()
+            )),
+            Err(e) => bad.push(e.to_string()),
+        }
+    }
     for option in &config.login_options {
         match option {
             provider::Config::Oidc(settings) => {

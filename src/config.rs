@@ -96,7 +96,15 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl Config {
     /// Reads the process environment, plus `.env` in the working directory.
     pub fn from_env() -> Result<Self, ConfigErrors> {
-        Self::from_pairs(env::process_pairs())
+        let (pairs, mut problems) = env::process_pairs();
+        match Self::from_pairs(pairs) {
+            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigErrors(problems)),
+            Err(ConfigErrors(more)) => {
+                problems.extend(more);
+                Err(ConfigErrors(problems))
+            }
+        }
     }
 
     /// Builds a configuration from `(name, value)` pairs, reporting every problem.

@@ -79,6 +79,43 @@ pub enum Bearer {
     NotAccepted,
 }
 
+/// New tokens from a refresh.
+#[derive(Debug)]
+pub struct Refreshed {
+    pub expires_at: u64,
+    /// A rotated refresh token; `None` keeps the old one.
+    pub refresh_token: Option<String>,
+    /// A new ID token (kept as the logout hint); `None` keeps the old one.
+    pub id_token: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// The provider refused the refresh token (`invalid_grant`): the session is over.
+    #[error("the provider refused the refresh token")]
+    Rejected,
+    /// The provider could not be asked or answered nonsense; try again later.
+    #[error("the refresh could not be performed: {0}")]
+    Unavailable(String),
+    /// This option does not refresh (for OIDC: `CT_SSO_TOKEN_ENDPT` is unset).
+    #[error("this login option does not refresh sessions")]
+    Unsupported,
+}
+
+/// Who a verified back-channel logout token signs out.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LogoutTarget {
+    pub sid: Option<String>,
+    pub sub: Option<String>,
+}
+
+/// Why a logout token was refused, or that the keys should be reloaded first.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LogoutTokenError {
+    UnknownKey,
+    Invalid(String),
+}
+
 /// What can go wrong talking to a provider; [`crate::respond`] maps each to a response.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
@@ -125,6 +162,27 @@ pub trait LoginOption: Send + Sync {
 
     /// Re-reads signing keys after an unknown key id; rate-limited by the option.
     async fn reload_keys(&self) {}
+
+    /// Whether sessions of this option can be refreshed.
+    fn can_refresh(&self) -> bool {
+        false
+    }
+
+    /// Exchanges the session's refresh token for new tokens.
+    async fn refresh(&self, _session: &Session) -> Result<Refreshed, RefreshError> {
+        Err(RefreshError::Unsupported)
+    }
+
+    /// Validates a back-channel logout token (OpenID Connect Back-Channel Logout 1.0).
+    fn verify_logout_token(
+        &self,
+        _token: &str,
+        _now: u64,
+    ) -> Result<LogoutTarget, LogoutTokenError> {
+        Err(LogoutTokenError::Invalid(
+            "this login option does not accept logout tokens".into(),
+        ))
+    }
 
     /// Where to send the browser to end the provider's session as well.
     fn logout_url(&self, _session: &Session, _post_logout_redirect: &str) -> Option<String> {

@@ -2,6 +2,7 @@
 //! upgrades), optional TLS, a header-read timeout against slow clients, and
 //! graceful shutdown that lets in-flight requests finish for a bounded time.
 
+mod first_bytes;
 pub mod tls;
 
 use std::future::Future;
@@ -15,6 +16,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use self::first_bytes::FirstBytes;
 use crate::router::{self, State};
 
 /// Largest request head (request line and headers) accepted over HTTP/1.1.
@@ -72,6 +74,8 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
+        // Bounds the TLS handshake and then the wait for the first bytes
+        // (hyper's HTTP/1 header timer only starts once the protocol is known).
         let handshake_timeout = settings.header_read_timeout;
         tokio::spawn(async move {
             let service = service_fn(move |req| router::handle(state.clone(), req, peer));
@@ -89,16 +93,18 @@ pub async fn serve(
                         }
                         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                     };
+                    let io = FirstBytes::new(stream, handshake_timeout);
                     let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .serve_connection_with_upgrades(TokioIo::new(io), service)
                         .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 }
                 None => {
+                    let io = FirstBytes::new(stream, handshake_timeout);
                     let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .serve_connection_with_upgrades(TokioIo::new(io), service)
                         .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -7,6 +7,8 @@ mod codec;
 mod cookie_store;
 pub mod cookies;
 mod login_state;
+pub mod refresh;
+pub mod revocation;
 
 use http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
@@ -15,6 +17,7 @@ pub use codec::{SealError, Sealer};
 pub use cookie_store::CookieStore;
 pub use cookies::CookieNames;
 pub use login_state::{LoginState, LoginStateError, LoginStates};
+pub use revocation::{Revocation, Revocations};
 
 use crate::config::Secret;
 use crate::identity::Identity;

@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+use super::ConfigError;
+
 /// Every variable as the operator wrote it; empty strings are `None`.
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct Raw {
@@ -50,7 +52,11 @@ impl Raw {
         V: Into<String>,
     {
         let mut unknown_sso = Vec::new();
-        let pairs: Vec<(String, String)> = pairs
+        // One value per name (envy lowercases names), the last one winning:
+        // serde refuses a struct with a duplicate field, which would lose
+        // every variable when `.env` and the environment both set one.
+        let mut latest: std::collections::BTreeMap<String, String> = Default::default();
+        pairs
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
             .filter(|(k, v)| {
@@ -61,7 +67,10 @@ impl Raw {
                 }
                 ours && !v.trim().is_empty()
             })
-            .collect();
+            .for_each(|(k, v)| {
+                latest.insert(k.to_ascii_lowercase(), v);
+            });
+        let pairs: Vec<(String, String)> = latest.into_iter().collect();
         // Every field is an optional string, so envy cannot fail on values;
         // a failure here would be a bug in this struct, reported as "nothing set".
         let mut raw: Raw = envy::from_iter(pairs).unwrap_or_default();
@@ -72,16 +81,63 @@ impl Raw {
     }
 }
 
-/// The process environment, with `.env` values underneath (the real environment wins).
-pub(super) fn process_pairs() -> Vec<(String, String)> {
+/// The process environment, with `.env` values underneath (the real
+/// environment wins), and what was wrong with `.env`.
+pub(super) fn process_pairs() -> (Vec<(String, String)>, Vec<ConfigError>) {
     let mut pairs: Vec<(String, String)> = Vec::new();
-    if let Ok(iter) = dotenvy::from_path_iter(".env") {
-        pairs.extend(iter.flatten());
+    let mut problems = Vec::new();
+    match dotenvy::from_path_iter(DOTENV) {
+        Err(e) if e.not_found() => {}
+        Err(dotenvy::Error::Io(e)) => problems.push(dotenv_problem(format!("cannot be read: {e}"))),
+        Err(_) => problems.push(dotenv_problem("cannot be read".into())),
+        Ok(iter) => {
+            for item in iter {
+                match item {
+                    Ok(pair) => pairs.push(pair),
+                    // A read error (e.g. `.env` is a directory) repeats forever.
+                    Err(dotenvy::Error::Io(e)) => {
+                        problems.push(dotenv_problem(format!("cannot be read: {e}")));
+                        break;
+                    }
+                    // Never the line itself: it may hold a secret.
+                    Err(dotenvy::Error::LineParse(line, _)) => {
+                        problems.push(dotenv_problem(format!(
+                            "{} cannot be parsed (check its quotes and escapes)",
+                            which_line(&line)
+                        )))
+                    }
+                    Err(_) => problems.push(dotenv_problem("a line cannot be parsed".into())),
+                }
+            }
+        }
     }
-    // Later pairs win in envy, so the real environment goes last.
+    // Later pairs win in `Raw::from_pairs`, so the real environment goes last.
     pairs.extend(
         std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
     );
-    pairs
+    (pairs, problems)
+}
+
+const DOTENV: &str = ".env";
+
+fn dotenv_problem(problem: String) -> ConfigError {
+    ConfigError {
+        var: DOTENV,
+        problem,
+    }
+}
+
+/// "the line setting NAME" when the line starts like an assignment.
+fn which_line(line: &str) -> String {
+    let line = line.trim_start();
+    let line = line.strip_prefix("export ").unwrap_or(line);
+    match line.split_once('=').map(|(name, _)| name.trim()) {
+        Some(name)
+            if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+        {
+            format!("the line setting {name}")
+        }
+        _ => "a line".into(),
+    }
 }

@@ -328,3 +328,28 @@ fn secrets_do_not_show_in_debug_output() {
     assert!(!dump.contains("s3cr3t-value"));
     assert!(!dump.contains(KEY));
 }
+
+#[test]
+fn a_variable_given_twice_keeps_the_last_value_and_the_others() {
+    // `.env` first, then the real environment: the same name twice (in any
+    // case) must not lose the whole configuration.
+    let mut pairs = vec![
+        ("CT_UPSTREAM_URL", "http://[bad"),
+        ("ct_server_url", "https://dotenv.example.com"),
+    ];
+    pairs.extend(good());
+    let c = run(pairs).unwrap();
+    assert_eq!(c.upstream_url.as_str(), "http://127.0.0.1:1080/");
+    assert_eq!(c.server_url.as_str(), "https://ct.example.com/");
+}
+
+#[test]
+fn an_upstream_url_with_a_password_is_refused_without_showing_it() {
+    let e = one_error(with(
+        good(),
+        "CT_UPSTREAM_URL",
+        "http://:pw-1234@127.0.0.1:1080",
+    ));
+    assert!(e.starts_with("CT_UPSTREAM_URL: "), "{e}");
+    assert!(!e.contains("pw-1234"), "{e}");
+}

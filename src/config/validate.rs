@@ -250,10 +250,14 @@ fn upstream_url(v: &str, p: &mut Problems) -> Option<Url> {
         );
         return None;
     }
-    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+    if url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
         p.add(
             "CT_UPSTREAM_URL",
-            "must not carry a query, fragment or user name",
+            "must not carry a query, fragment, user name or password",
         );
         return None;
     }

@@ -5,6 +5,7 @@ mod claims;
 pub mod discovery;
 mod http;
 pub mod keys;
+mod logout_token;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,19 +15,25 @@ use async_trait::async_trait;
 use openidconnect::core::{CoreAuthenticationFlow, CoreIdToken};
 use openidconnect::{
     AuthorizationCode, ClientId, CsrfToken, EndSessionUrl, LogoutRequest, Nonce,
-    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, PostLogoutRedirectUrl, Scope,
+    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, PostLogoutRedirectUrl, RefreshToken,
+    Scope, TokenResponse as _,
 };
 use tokio::task::JoinHandle;
 use url::Url;
 
 use self::discovery::Loaded;
-use super::{Bearer, Begin, Callback, LoginOption, ProviderError, SignedIn};
+use super::{
+    Bearer, Begin, Callback, LoginOption, LogoutTarget, LogoutTokenError, ProviderError,
+    RefreshError, Refreshed, SignedIn,
+};
 use crate::config::Secret;
 use crate::session::{LoginState, Session};
 
 /// Shortest time between two key reloads caused by unknown key ids, so a
 /// flood of forged tokens cannot hammer the provider.
 pub const MIN_KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+/// Session lifetime after a refresh whose answer names no expiry.
+const DEFAULT_TOKEN_LIFETIME_SECS: u64 = 300;
 /// How often a loaded provider is discovered again (keys rotate).
 const REDISCOVER_EVERY: Duration = Duration::from_secs(3600);
 
@@ -75,6 +82,7 @@ struct Inner {
     redirect_uri: String,
     loaded: ArcSwapOption<Loaded>,
     last_key_reload: tokio::sync::Mutex<Option<Instant>>,
+    seen_jtis: logout_token::SeenJtis,
 }
 
 pub struct Oidc {
@@ -99,6 +107,7 @@ impl Oidc {
             redirect_uri,
             loaded: ArcSwapOption::empty(),
             last_key_reload: tokio::sync::Mutex::new(None),
+            seen_jtis: logout_token::SeenJtis::default(),
         });
         let loader = tokio::spawn(load_forever(inner.clone()));
         Ok(Self { inner, loader })
@@ -202,13 +211,14 @@ impl LoginOption for Oidc {
             .await
             .map_err(claims::token_error)?;
         let (loaded, mut signed_in) =
-            match claims::validate(settings, &loaded, &response, &st.nonce) {
+            match claims::validate(settings, &loaded, &response, Some(&st.nonce)) {
                 Err(ProviderError::InvalidToken(reason)) if reason == claims::UNKNOWN_KEY => {
                     // The provider may have rotated its keys: reload (rate-limited)
                     // and check the same token once more.
                     self.reload_keys().await;
                     let reloaded = self.loaded()?;
-                    let signed_in = claims::validate(settings, &reloaded, &response, &st.nonce)?;
+                    let signed_in =
+                        claims::validate(settings, &reloaded, &response, Some(&st.nonce))?;
                     (reloaded, signed_in)
                 }
                 other => (loaded, other?),
@@ -232,6 +242,79 @@ impl LoginOption for Oidc {
                 .min(crate::clock::now().saturating_add(expires_in.as_secs()));
         }
         Ok(signed_in)
+    }
+
+    fn can_refresh(&self) -> bool {
+        self.inner.settings.token_endpoint.is_some()
+    }
+
+    async fn refresh(&self, session: &Session) -> Result<Refreshed, RefreshError> {
+        let settings = &self.inner.settings;
+        let loaded = self
+            .loaded()
+            .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
+        let client = loaded
+            .refresh_client
+            .as_ref()
+            .ok_or(RefreshError::Unsupported)?;
+        let token = session
+            .refresh_token
+            .as_ref()
+            .ok_or(RefreshError::Rejected)?;
+        let response = client
+            .exchange_refresh_token(&RefreshToken::new(token.expose().clone()))
+            .request_async(&self.inner.http)
+            .await
+            .map_err(|e| match claims::token_error(e) {
+                ProviderError::InvalidGrant => RefreshError::Rejected,
+                other => RefreshError::Unavailable(other.to_string()),
+            })?;
+        let now = crate::clock::now();
+        let mut expires_at = response
+            .expires_in()
+            .map(|d| now.saturating_add(d.as_secs()));
+        let mut id_token = None;
+        if response.id_token().is_some() {
+            let validated = match claims::validate(settings, &loaded, &response, None) {
+                Err(ProviderError::InvalidToken(reason)) if reason == claims::UNKNOWN_KEY => {
+                    self.reload_keys().await;
+                    let reloaded = self
+                        .loaded()
+                        .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
+                    claims::validate(settings, &reloaded, &response, None)
+                }
+                other => other,
+            };
+            let signed_in = validated.map_err(|e| {
+                tracing::warn!(error = %e, "refreshed ID token failed validation; ending the session");
+                RefreshError::Rejected
+            })?;
+            if signed_in.identity.sub != session.identity.sub {
+                tracing::warn!("refreshed ID token names another subject; ending the session");
+                return Err(RefreshError::Rejected);
+            }
+            expires_at =
+                Some(expires_at.map_or(signed_in.expires_at, |e| e.min(signed_in.expires_at)));
+            id_token = signed_in.id_token;
+        }
+        Ok(Refreshed {
+            expires_at: expires_at.unwrap_or(now + DEFAULT_TOKEN_LIFETIME_SECS),
+            refresh_token: response.refresh_token().map(|t| t.secret().clone()),
+            id_token,
+        })
+    }
+
+    fn verify_logout_token(&self, token: &str, now: u64) -> Result<LogoutTarget, LogoutTokenError> {
+        let loaded = self.inner.loaded.load_full().ok_or_else(|| {
+            LogoutTokenError::Invalid("the identity provider is not loaded yet".into())
+        })?;
+        logout_token::verify(
+            &loaded.keys,
+            &self.inner.seen_jtis,
+            token,
+            self.inner.settings.leeway,
+            now,
+        )
     }
 
     fn verify_bearer(&self, token: &str, _now: u64) -> Bearer {

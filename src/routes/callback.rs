@@ -47,6 +47,24 @@ pub async fn callback(state: &State, req: &Request<Incoming>) -> Response<Body> 
     let taken = state
         .login_states
         .take(state_param, req.headers(), now, &mut cookies);
+    let st = match taken {
+        Ok(st) => st,
+        Err(e) => {
+            tracing::info!(reason = %e, "sign-in callback with an unusable state");
+            let reason = match e {
+                LoginStateError::Expired => "The sign-in took too long. Please sign in again.",
+                _ => {
+                    "This sign-in is not under way in this browser (it may have been completed already). Please sign in again."
+                }
+            };
+            return with_cookies(
+                sign_in_failed(StatusCode::BAD_REQUEST, reason).respond(html),
+                cookies,
+            );
+        }
+    };
+    // Only an answer to a sign-in this browser started is shown as the
+    // provider's: anyone can send a link with `error_description` text.
     if let Some(error) = &cb.error {
         let description = cb
             .error_description
@@ -65,22 +83,6 @@ pub async fn callback(state: &State, req: &Request<Incoming>) -> Response<Body> 
         );
         return with_cookies(sign_in_failed(status, reason).respond(html), cookies);
     }
-    let st = match taken {
-        Ok(st) => st,
-        Err(e) => {
-            tracing::info!(reason = %e, "sign-in callback with an unusable state");
-            let reason = match e {
-                LoginStateError::Expired => "The sign-in took too long. Please sign in again.",
-                _ => {
-                    "This sign-in is not under way in this browser (it may have been completed already). Please sign in again."
-                }
-            };
-            return with_cookies(
-                sign_in_failed(StatusCode::BAD_REQUEST, reason).respond(html),
-                cookies,
-            );
-        }
-    };
     let Some(option) = state.registry.get(&st.option) else {
         return with_cookies(
             sign_in_failed(

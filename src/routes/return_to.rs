@@ -53,13 +53,19 @@ fn is_safe(rd: &str) -> bool {
     false
 }
 
-/// One layer: starts with a single `/`, no backslash, no control or space characters.
+/// One layer: starts with a single `/`, no backslash, no control characters
+/// and no whitespace but the plain space. A space after the leading `/` is
+/// harmless (browsers strip only leading and trailing ones, and it leaves as
+/// `%20`), and file names with spaces are common: refusing it sent users to
+/// `/` instead of `/docs/My%20File.txt`.
 fn looks_local(s: &str) -> bool {
     let b = s.as_bytes();
     b.first() == Some(&b'/')
         && b.get(1) != Some(&b'/')
         && !s.contains('\\')
-        && !s.chars().any(|c| c.is_control() || c.is_whitespace())
+        && !s
+            .chars()
+            .any(|c| c.is_control() || (c.is_whitespace() && c != ' '))
 }
 
 #[cfg(test)]
@@ -75,7 +81,11 @@ mod tests {
             sanitize(Some("/app/page?x=1&y=%2F#frag")),
             "/app/page?x=1&y=%2F#frag"
         );
-        assert_eq!(sanitize(Some("/a b")), "/");
+        assert_eq!(sanitize(Some("/a b")), "/a%20b");
+        assert_eq!(
+            sanitize(Some("/docs/My%20File.txt?q=a%20b")),
+            "/docs/My%20File.txt?q=a%20b"
+        );
     }
 
     #[test]

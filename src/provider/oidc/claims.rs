@@ -83,12 +83,13 @@ fn describe(e: &ClaimsVerificationError) -> String {
     .to_string()
 }
 
-/// Validates the ID token of a code exchange and reads the identity from it.
+/// Validates the ID token of a code exchange (with its nonce) or of a
+/// refresh (`nonce` `None`) and reads the identity from it.
 pub fn validate(
     settings: &Settings,
     loaded: &Loaded,
     response: &CoreTokenResponse,
-    nonce: &str,
+    nonce: Option<&str>,
 ) -> Result<SignedIn, ProviderError> {
     let id_token = response
         .id_token()
@@ -106,9 +107,13 @@ pub fn validate(
                 Ok(())
             }
         });
-    let claims = id_token
-        .claims(&verifier, &Nonce::new(nonce.to_string()))
-        .map_err(|e| ProviderError::InvalidToken(describe(&e)))?;
+    // A sign-in checks the nonce it sent; a refresh sent none (the new ID
+    // token may repeat the original nonce or carry none).
+    let claims = match nonce {
+        Some(nonce) => id_token.claims(&verifier, &Nonce::new(nonce.to_string())),
+        None => id_token.claims(&verifier, |_: Option<&Nonce>| Ok(())),
+    }
+    .map_err(|e| ProviderError::InvalidToken(describe(&e)))?;
     if let Some(azp) = claims.authorized_party() {
         if azp.as_str() != settings.client_id {
             return Err(ProviderError::InvalidToken("azp is not this client".into()));

@@ -7,7 +7,7 @@ use std::time::Duration;
 use openidconnect::core::{CoreClient, CoreJsonWebKeySet, CoreJwsSigningAlgorithm};
 use openidconnect::{
     AuthType, ClientId, ClientSecret, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl,
-    JsonWebKeySetUrl, ProviderMetadataWithLogout, RedirectUrl,
+    JsonWebKeySetUrl, ProviderMetadataWithLogout, RedirectUrl, TokenUrl,
 };
 
 use super::Settings;
@@ -23,11 +23,22 @@ pub type DiscoveredClient = CoreClient<
     EndpointMaybeSet,
     EndpointMaybeSet,
 >;
+/// The same with the token URL of `CT_SSO_TOKEN_ENDPT`, for refreshes.
+pub type RefreshClient = CoreClient<
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+    EndpointMaybeSet,
+>;
 
 /// Everything loaded from the provider.
 pub struct Loaded {
     pub metadata: ProviderMetadataWithLogout,
     pub client: DiscoveredClient,
+    /// Present when `CT_SSO_TOKEN_ENDPT` is set.
+    pub refresh_client: Option<RefreshClient>,
     pub keys: KeySet,
     /// Asymmetric algorithms the provider publishes (never `none`, never HS*).
     pub algorithms: Vec<CoreJwsSigningAlgorithm>,
@@ -152,9 +163,15 @@ fn build(
             .map_err(|e| ProviderError::Config(e.to_string()))?,
     )
     .set_auth_type(auth_type);
+    let refresh_client = settings.token_endpoint.as_ref().map(|url| {
+        client
+            .clone()
+            .set_token_uri(TokenUrl::from_url(url.clone()))
+    });
     Ok(Loaded {
         metadata,
         client,
+        refresh_client,
         keys,
         algorithms,
         end_session,

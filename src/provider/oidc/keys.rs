@@ -12,6 +12,7 @@ use std::time::Duration;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::identity::Identity;
 use crate::provider::Bearer;
@@ -140,16 +141,40 @@ impl KeySet {
 
     /// Verifies a bearer token: signature, `iss`, `aud`, `exp`, `nbf`.
     pub fn verify(&self, token: &str) -> Bearer {
-        if token.len() > MAX_TOKEN_LEN {
-            return Bearer::Invalid("token too long".into());
+        match self.decode::<Claims>(token, |alg| self.validations.get(&alg).cloned()) {
+            Ok(c) => Bearer::Valid {
+                identity: Identity {
+                    sub: c.sub,
+                    email: c.email,
+                    name: c.name,
+                    preferred_username: c.preferred_username,
+                },
+                expires_at: c.exp,
+            },
+            Err(KeyError::UnknownKey) => Bearer::UnknownKey,
+            Err(KeyError::Invalid(reason)) => Bearer::Invalid(reason),
         }
-        let header = match jsonwebtoken::decode_header(token) {
-            Ok(h) => h,
-            Err(_) => return Bearer::Invalid("not a JWT".into()),
-        };
-        let Some(validation) = self.validations.get(&header.alg) else {
-            return Bearer::Invalid("algorithm not accepted".into());
-        };
+    }
+
+    /// Checks a token's signature with the matching published key, then the
+    /// claims `validation_for(alg)` asks for; `None` refuses the algorithm.
+    pub fn decode<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        validation_for: impl Fn(Algorithm) -> Option<Validation>,
+    ) -> Result<T, KeyError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(KeyError::Invalid("token too long".into()));
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| KeyError::Invalid("not a JWT".into()))?;
+        let validation = validation_for(header.alg)
+            .filter(|_| {
+                self.entries
+                    .iter()
+                    .any(|e| e.algorithms.contains(&header.alg))
+            })
+            .ok_or_else(|| KeyError::Invalid("algorithm not accepted".into()))?;
         let candidates: Vec<&Entry> = match header.kid.as_deref() {
             Some(kid) => {
                 let found: Vec<&Entry> = self
@@ -158,7 +183,7 @@ impl KeySet {
                     .filter(|e| e.kid.as_deref() == Some(kid))
                     .collect();
                 if found.is_empty() {
-                    return Bearer::UnknownKey;
+                    return Err(KeyError::UnknownKey);
                 }
                 found
             }
@@ -174,24 +199,26 @@ impl KeySet {
             .into_iter()
             .filter(|e| e.algorithms.contains(&header.alg))
         {
-            match jsonwebtoken::decode::<Claims>(token, &entry.key, validation) {
-                Ok(data) => {
-                    let c = data.claims;
-                    return Bearer::Valid {
-                        identity: Identity {
-                            sub: c.sub,
-                            email: c.email,
-                            name: c.name,
-                            preferred_username: c.preferred_username,
-                        },
-                        expires_at: c.exp,
-                    };
-                }
+            match jsonwebtoken::decode::<T>(token, &entry.key, &validation) {
+                Ok(data) => return Ok(data.claims),
                 Err(e) => last = describe(&e),
             }
         }
-        Bearer::Invalid(last)
+        Err(KeyError::Invalid(last))
     }
+
+    /// The validation a bearer token of `alg` gets (issuer, audience, leeway).
+    pub fn base_validation(&self, alg: Algorithm) -> Option<Validation> {
+        self.validations.get(&alg).cloned()
+    }
+}
+
+/// Why [`KeySet::decode`] refused a token.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyError {
+    /// No published key has the token's `kid`: reload the keys and try again.
+    UnknownKey,
+    Invalid(String),
 }
 
 /// A short reason, never the token.

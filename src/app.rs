@@ -8,10 +8,12 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
+use crate::live::Live;
 use crate::provider::{ProviderError, Registry};
 use crate::proxy::{Proxy, ProxyError};
 use crate::router::State;
 use crate::server::{self, tls};
+use crate::session::refresh::SingleFlight;
 use crate::session::{CookieNames, CookieStore, LoginStates, SealError, Sealer};
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +79,10 @@ impl App {
             login_states: LoginStates::new(sealer, names),
             proxy,
             origin: config.origin(),
+            policy: config.session.into(),
+            grace: config.session.refresh_grace.as_secs(),
+            refreshes: SingleFlight::default(),
+            live: Arc::new(Live::default()),
             config,
         };
         Ok(Self {

@@ -55,9 +55,32 @@ pub struct Config {
     pub log_format: LogFormat,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub session: SessionPolicy,
     /// Things worth a warning at startup (plain http on loopback, generated
     /// cookie secret, authentication switched off).
     pub warnings: Vec<String>,
+}
+
+/// How sessions age.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionPolicy {
+    /// `CT_SSO_REFRESH_SKEW`: refresh this long before the tokens expire (default 60 s).
+    pub refresh_skew: Duration,
+    /// `CT_SSO_REFRESH_GRACE`: how long a session whose refresh could not be
+    /// performed (provider unreachable) keeps working past its expiry (default 0: fail closed).
+    pub refresh_grace: Duration,
+    /// `CT_SESSION_MAX_AGE`: an absolute lifetime, whatever the refreshes.
+    pub max_age: Option<Duration>,
+}
+
+impl Default for SessionPolicy {
+    fn default() -> Self {
+        Self {
+            refresh_skew: Duration::from_secs(60),
+            refresh_grace: Duration::ZERO,
+            max_age: None,
+        }
+    }
 }
 
 /// PEM files for the gate's own HTTPS listener.

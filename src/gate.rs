@@ -8,7 +8,11 @@ use crate::session::Session;
 /// What the gate holds about the caller's credentials.
 #[derive(Debug)]
 pub enum Credential<'a> {
-    Session(&'a Session),
+    Session {
+        session: &'a Session,
+        /// Its login option can refresh it and it carries a refresh token.
+        refreshable: bool,
+    },
     /// A bearer token that verified, valid until this time.
     Bearer {
         expires_at: u64,
@@ -18,9 +22,37 @@ pub enum Credential<'a> {
     None,
 }
 
+/// How sessions age, in seconds (from [`crate::config::SessionPolicy`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Policy {
+    /// Refresh this long before expiry.
+    pub refresh_skew: u64,
+    /// Absolute session lifetime, if any.
+    pub max_age: Option<u64>,
+}
+
+impl From<crate::config::SessionPolicy> for Policy {
+    fn from(p: crate::config::SessionPolicy) -> Self {
+        Policy {
+            refresh_skew: p.refresh_skew.as_secs(),
+            max_age: p.max_age.map(|d| d.as_secs()),
+        }
+    }
+}
+
+impl Policy {
+    /// When a session ends at the latest, refreshes or not.
+    pub fn hard_end(&self, session: &Session) -> u64 {
+        self.max_age
+            .map_or(u64::MAX, |age| session.created_at.saturating_add(age))
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision {
     Allow,
+    /// The session's tokens expire (within the skew): refresh them first.
+    Refresh,
     /// A browser navigation without a usable session: 302 to sign in.
     SignIn,
     /// Anything else without credentials: 401.
@@ -35,7 +67,7 @@ pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
     (method == Method::GET || method == Method::HEAD) && crate::respond::wants_html(headers)
 }
 
-pub fn decide(navigation: bool, credential: Credential<'_>, now: u64) -> Decision {
+pub fn decide(navigation: bool, credential: Credential<'_>, policy: &Policy, now: u64) -> Decision {
     let challenge = |invalid_token: bool| {
         if navigation && !invalid_token {
             Decision::SignIn
@@ -44,11 +76,21 @@ pub fn decide(navigation: bool, credential: Credential<'_>, now: u64) -> Decisio
         }
     };
     match credential {
-        Credential::Session(s) if s.expires_at > now => Decision::Allow,
-        Credential::Session(_) => challenge(false),
-        Credential::Bearer { expires_at } if expires_at + crate::gate::BEARER_GRACE > now => {
-            Decision::Allow
+        Credential::Session { session, .. } if policy.hard_end(session) <= now => challenge(false),
+        Credential::Session {
+            session,
+            refreshable,
+        } => {
+            let fresh = session.expires_at > now.saturating_add(policy.refresh_skew);
+            match (fresh, refreshable, session.expires_at > now) {
+                (true, _, _) => Decision::Allow,
+                (false, true, _) => Decision::Refresh,
+                // Inside the skew with nothing to refresh with: use what is left.
+                (false, false, true) => Decision::Allow,
+                (false, false, false) => challenge(false),
+            }
         }
+        Credential::Bearer { expires_at } if expires_at + BEARER_GRACE > now => Decision::Allow,
         Credential::Bearer { .. } | Credential::InvalidBearer => challenge(true),
         Credential::None => challenge(false),
     }
@@ -79,37 +121,90 @@ mod tests {
         }
     }
 
+    const NO_TOKEN: Decision = Decision::Unauthorized {
+        invalid_token: false,
+    };
+    const BAD_TOKEN: Decision = Decision::Unauthorized {
+        invalid_token: true,
+    };
+
     #[test]
     fn valid_session_is_allowed_and_expired_is_challenged() {
         let s = session(100);
-        assert_eq!(decide(true, Credential::Session(&s), 99), Decision::Allow);
-        assert_eq!(decide(true, Credential::Session(&s), 100), Decision::SignIn);
+        let p = Policy::default();
+        let c = || Credential::Session {
+            session: &s,
+            refreshable: false,
+        };
+        assert_eq!(decide(true, c(), &p, 99), Decision::Allow);
+        assert_eq!(decide(true, c(), &p, 100), Decision::SignIn);
+        assert_eq!(decide(false, c(), &p, 100), NO_TOKEN);
+    }
+
+    #[test]
+    fn refreshable_sessions_refresh_within_the_skew_and_after_expiry() {
+        let s = session(100);
+        let p = Policy {
+            refresh_skew: 60,
+            max_age: None,
+        };
+        let r = || Credential::Session {
+            session: &s,
+            refreshable: true,
+        };
+        let n = || Credential::Session {
+            session: &s,
+            refreshable: false,
+        };
+        assert_eq!(decide(false, r(), &p, 39), Decision::Allow);
         assert_eq!(
-            decide(false, Credential::Session(&s), 100),
-            Decision::Unauthorized {
-                invalid_token: false
-            }
+            decide(false, r(), &p, 40),
+            Decision::Refresh,
+            "inside the skew"
         );
+        assert_eq!(
+            decide(false, r(), &p, 500),
+            Decision::Refresh,
+            "long expired"
+        );
+        assert_eq!(
+            decide(false, n(), &p, 40),
+            Decision::Allow,
+            "no refresh token: use what is left"
+        );
+        assert_eq!(decide(false, n(), &p, 100), NO_TOKEN);
+    }
+
+    #[test]
+    fn max_age_ends_any_session() {
+        let mut s = session(10_000);
+        s.created_at = 1_000;
+        let p = Policy {
+            refresh_skew: 60,
+            max_age: Some(3_600),
+        };
+        let r = || Credential::Session {
+            session: &s,
+            refreshable: true,
+        };
+        assert_eq!(decide(true, r(), &p, 4_599), Decision::Allow);
+        assert_eq!(decide(true, r(), &p, 4_600), Decision::SignIn);
+        assert_eq!(decide(false, r(), &p, 4_600), NO_TOKEN);
     }
 
     #[test]
     fn navigation_gets_sign_in_and_apis_get_401() {
-        assert_eq!(decide(true, Credential::None, 0), Decision::SignIn);
+        let p = Policy::default();
+        assert_eq!(decide(true, Credential::None, &p, 0), Decision::SignIn);
+        assert_eq!(decide(false, Credential::None, &p, 0), NO_TOKEN);
+        assert_eq!(decide(true, Credential::InvalidBearer, &p, 0), BAD_TOKEN);
         assert_eq!(
-            decide(false, Credential::None, 0),
-            Decision::Unauthorized {
-                invalid_token: false
-            }
-        );
-        assert_eq!(
-            decide(true, Credential::InvalidBearer, 0),
-            Decision::Unauthorized {
-                invalid_token: true
-            }
-        );
-        assert_eq!(
-            decide(false, Credential::Bearer { expires_at: 10 }, 5),
+            decide(false, Credential::Bearer { expires_at: 10 }, &p, 5),
             Decision::Allow
+        );
+        assert_eq!(
+            decide(false, Credential::Bearer { expires_at: 10 }, &p, 100),
+            BAD_TOKEN
         );
     }
 

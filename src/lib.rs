@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod gate;
 pub mod identity;
+pub mod lifecycle;
 pub mod live;
 pub mod provider;
 pub mod proxy;

@@ -23,8 +23,6 @@ enum Status {
 
 struct Entry {
     tx: watch::Sender<Status>,
-    sub: String,
-    sid: Option<String>,
     /// The newest generation of the session seen (after refreshes).
     latest: Session,
 }
@@ -62,8 +60,6 @@ impl Live {
             Ok(mut entries) => {
                 let entry = entries.entry(session.id.clone()).or_insert_with(|| Entry {
                     tx: watch::channel(Status::Valid { until }).0,
-                    sub: session.identity.sub.clone(),
-                    sid: session.sid.clone(),
                     latest: session.clone(),
                 });
                 entry.bump(session, until);
@@ -99,13 +95,13 @@ impl Live {
     }
 
     /// Ends every live connection of the sessions `which` selects; returns how many sessions.
-    pub fn end(&self, which: impl Fn(&str, &str, Option<&str>) -> bool) -> usize {
+    pub fn end(&self, which: impl Fn(&Session) -> bool) -> usize {
         let Ok(entries) = self.entries.lock() else {
             return 0;
         };
         let mut n = 0;
-        for (id, e) in entries.iter() {
-            if which(id, &e.sub, e.sid.as_deref()) {
+        for e in entries.values() {
+            if which(&e.latest) {
                 e.tx.send_replace(Status::Ended);
                 n += 1;
             }
@@ -195,7 +191,7 @@ mod tests {
         let mut a2 = live.lease(&s("a", "alice", Some("p1")), far);
         let mut b = live.lease(&s("b", "bob", None), far);
         assert_eq!(live.sessions(), 2);
-        assert_eq!(live.end(|_, _, sid| sid == Some("p1")), 1);
+        assert_eq!(live.end(|s| s.sid.as_deref() == Some("p1")), 1);
         assert_eq!(a.wake().await, Wake::Ended);
         assert_eq!(a2.wake().await, Wake::Ended);
         let still = tokio::time::timeout(Duration::from_millis(50), b.wake()).await;

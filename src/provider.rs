@@ -185,7 +185,13 @@ pub trait LoginOption: Send + Sync {
     }
 
     /// Where to send the browser to end the provider's session as well.
-    fn logout_url(&self, _session: &Session, _post_logout_redirect: &str) -> Option<String> {
+    /// `state` is echoed back by the provider to the post-logout redirect.
+    fn logout_url(
+        &self,
+        _session: &Session,
+        _post_logout_redirect: &str,
+        _state: &str,
+    ) -> Option<String> {
         None
     }
 }

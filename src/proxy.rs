@@ -1,6 +1,7 @@
 //! Forwarding to `CT_UPSTREAM_URL` over a pooled hyper-util client: bodies
 //! stream both ways, WebSocket upgrades are spliced.
 
+pub mod cutoff;
 pub mod headers;
 pub mod upgrade;
 
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -18,6 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use url::Url;
 
+use self::cutoff::{Cutoff, Guard};
 use crate::identity::Identity;
 use crate::respond::{self, Body};
 
@@ -131,12 +133,16 @@ impl Proxy {
     }
 
     /// Forwards an authenticated request; the caller has checked everything.
+    /// `guard` is asked for only when the answer is a WebSocket or a streamed
+    /// body (no `Content-Length`): that connection then ends when it fires.
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
         fwd: Forward<'_>,
+        guard: impl FnOnce() -> Option<Guard>,
     ) -> Result<Response<Body>, ProxyError> {
         let is_upgrade = upgrade::is_websocket(req.headers());
+        let head = req.method() == Method::HEAD;
         let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         parts.uri = self.upstream_uri(&parts.uri)?;
@@ -154,7 +160,7 @@ impl Proxy {
         let body = if is_upgrade {
             respond::empty()
         } else {
-            body.boxed()
+            body.map_err(Into::into).boxed_unsync()
         };
         let mut resp = self
             .client
@@ -163,14 +169,19 @@ impl Proxy {
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (Some(client_upgrade), true) = (client_upgrade, switched) {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            upgrade::splice(client_upgrade, upstream_upgrade);
+            upgrade::splice(client_upgrade, upstream_upgrade, guard());
+            let (mut parts, _) = resp.into_parts();
+            headers::from_upstream(&mut parts.headers, true);
+            return Ok(Response::from_parts(parts, respond::empty()));
         }
         let (mut parts, body) = resp.into_parts();
-        headers::from_upstream(&mut parts.headers, is_upgrade && switched);
-        let body = if switched {
-            respond::empty()
-        } else {
-            body.boxed()
+        headers::from_upstream(&mut parts.headers, false);
+        let streamed = !head
+            && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+            && !matches!(parts.status.as_u16(), 100..=199 | 204 | 304);
+        let body = match streamed.then(guard).flatten() {
+            Some(guard) => Cutoff::new(body, guard).boxed_unsync(),
+            None => body.map_err(Into::into).boxed_unsync(),
         };
         Ok(Response::from_parts(parts, body))
     }

@@ -11,13 +11,16 @@ use hyper::body::Incoming;
 use tracing::Instrument as _;
 
 use crate::config::Config;
-use crate::gate::{self, Credential, Decision};
+use crate::gate::{self, Credential, Decision, Policy};
 use crate::identity::Identity;
+use crate::lifecycle;
+use crate::live::Live;
 use crate::provider::{Bearer, Registry};
 use crate::proxy::{Forward, Proxy, upgrade};
 use crate::respond::{self, Body, Failure};
 use crate::routes;
-use crate::session::{LoginStates, Store};
+use crate::session::refresh::{Outcome, SingleFlight};
+use crate::session::{LoginStates, Session, Store};
 
 /// Everything a request may need, built once at startup.
 pub struct State {
@@ -28,6 +31,14 @@ pub struct State {
     pub proxy: Proxy,
     /// `CT_SERVER_URL`'s origin, as browsers send it in `Origin`.
     pub origin: String,
+    /// How sessions age (refresh skew, maximum age), in seconds.
+    pub policy: Policy,
+    /// `CT_SSO_REFRESH_GRACE` in seconds.
+    pub grace: u64,
+    /// Refreshes under way, one per session.
+    pub refreshes: SingleFlight,
+    /// Live connections by session.
+    pub live: Arc<Live>,
 }
 
 /// Handles one request.
@@ -42,7 +53,7 @@ pub async fn handle(
     let _enter = span.enter();
     tracing::info!(
         status = resp.status().as_u16(),
-        latency_us = start.elapsed().as_micros() as u64,
+        latency_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
         "request"
     );
     Ok(resp)
@@ -53,47 +64,128 @@ pub fn is_gate_path(path: &str) -> bool {
     path == "/sso" || path.starts_with("/sso/")
 }
 
-async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+/// What a forwarded connection lives as long as.
+enum Tie {
+    /// Unauthenticated mode: nothing.
+    Nothing,
+    Session(Session),
+    Bearer {
+        identity: Identity,
+        expires_at: u64,
+    },
+}
+
+async fn route(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     if is_gate_path(req.uri().path()) {
         return routes::handle(state, req).await;
     }
     if state.registry.is_empty() {
         // Only reachable with CT_ALLOW_UNAUTHENTICATED=true (validation refuses otherwise).
-        return forward(state, req, peer, None).await;
+        return forward(state, req, peer, Tie::Nothing, Vec::new()).await;
     }
     let now = crate::clock::now();
     let navigation = gate::is_navigation(req.method(), req.headers());
-    let session = state
+    if let Some(session) = state
         .store
         .load(req.headers())
-        .filter(|s| state.registry.get(&s.option).is_some());
-    let (credential, identity) = match &session {
-        Some(s) => (Credential::Session(s), Some(s.identity.clone())),
-        None => match bearer_token(req.headers()) {
-            Some(token) => match verify_bearer(&state.registry, token, now).await {
-                Some((identity, expires_at)) => (Credential::Bearer { expires_at }, Some(identity)),
-                None => (Credential::InvalidBearer, None),
-            },
-            None => (Credential::None, None),
+        .filter(|s| state.registry.get(&s.option).is_some())
+    {
+        return with_session(state, req, peer, session, navigation, now).await;
+    }
+    let (credential, identity) = match bearer_token(req.headers()) {
+        Some(token) => match verify_bearer(&state.registry, token, now).await {
+            Some((identity, expires_at)) => (
+                Credential::Bearer { expires_at },
+                Some((identity, expires_at)),
+            ),
+            None => (Credential::InvalidBearer, None),
         },
+        None => (Credential::None, None),
     };
-    match gate::decide(navigation, credential, now) {
-        Decision::Allow => {
-            if let Some(id) = &identity {
-                tracing::Span::current().record("sub", id.sub.as_str());
-            }
-            forward(state, req, peer, identity.as_ref()).await
+    match (
+        gate::decide(navigation, credential, &state.policy, now),
+        identity,
+    ) {
+        (Decision::Allow, Some((identity, expires_at))) => {
+            tracing::Span::current().record("sub", identity.sub.as_str());
+            forward(
+                state,
+                req,
+                peer,
+                Tie::Bearer {
+                    identity,
+                    expires_at,
+                },
+                Vec::new(),
+            )
+            .await
         }
-        Decision::SignIn => respond::redirect(&sign_in_location(req.uri())),
-        Decision::Unauthorized { invalid_token } => respond::unauthorized(invalid_token),
+        (decision, _) => challenge(&decision, req.uri()),
+    }
+}
+
+/// A request carrying a session: forward it, refreshing first when due.
+async fn with_session(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    session: Session,
+    navigation: bool,
+    now: u64,
+) -> Response<Body> {
+    tracing::Span::current().record("sub", session.identity.sub.as_str());
+    let credential = Credential::Session {
+        session: &session,
+        refreshable: lifecycle::refreshable(state, &session),
+    };
+    match gate::decide(navigation, credential, &state.policy, now) {
+        Decision::Allow => forward(state, req, peer, Tie::Session(session), Vec::new()).await,
+        Decision::Refresh => match lifecycle::refresh(state, &session).await {
+            Outcome::Refreshed(new) => {
+                let mut cookies = Vec::new();
+                if let Err(e) = state.store.save(&new, req.headers(), now, &mut cookies) {
+                    tracing::error!(error = %e, "cannot store the refreshed session");
+                }
+                forward(state, req, peer, Tie::Session(*new), cookies).await
+            }
+            Outcome::Ended => {
+                let mut cookies = Vec::new();
+                state.store.clear(req.headers(), &mut cookies);
+                let decision = if navigation {
+                    Decision::SignIn
+                } else {
+                    Decision::Unauthorized {
+                        invalid_token: false,
+                    }
+                };
+                routes::with_cookies(challenge(&decision, req.uri()), cookies)
+            }
+            Outcome::Unavailable if now < session.expires_at.saturating_add(state.grace) => {
+                forward(state, req, peer, Tie::Session(session), Vec::new()).await
+            }
+            Outcome::Unavailable => {
+                Failure::ProviderUnavailable.respond(respond::wants_html(req.headers()))
+            }
+        },
+        decision => challenge(&decision, req.uri()),
+    }
+}
+
+/// 302 to sign in, or 401.
+fn challenge(decision: &Decision, uri: &http::Uri) -> Response<Body> {
+    match decision {
+        Decision::SignIn => respond::redirect(&sign_in_location(uri)),
+        Decision::Unauthorized { invalid_token } => respond::unauthorized(*invalid_token),
+        Decision::Allow | Decision::Refresh => respond::unauthorized(false),
     }
 }
 
 async fn forward(
-    state: &State,
+    state: &Arc<State>,
     req: Request<Incoming>,
     peer: SocketAddr,
-    identity: Option<&Identity>,
+    tie: Tie,
+    cookies: Vec<http::HeaderValue>,
 ) -> Response<Body> {
     let html = respond::wants_html(req.headers());
     if upgrade::is_websocket(req.headers())
@@ -102,6 +194,16 @@ async fn forward(
         tracing::warn!("websocket refused: Origin is not this gate's");
         return Failure::ForbiddenOrigin.respond(html);
     }
+    let identity = match &tie {
+        Tie::Session(s) => Some(&s.identity),
+        Tie::Bearer { identity, .. } => Some(identity),
+        Tie::Nothing => None,
+    };
+    let guard = || match &tie {
+        Tie::Session(s) => Some(lifecycle::guard(state, s)),
+        Tie::Bearer { expires_at, .. } => Some(lifecycle::bearer_guard(*expires_at)),
+        Tie::Nothing => None,
+    };
     match state
         .proxy
         .forward(
@@ -110,13 +212,14 @@ async fn forward(
                 peer: peer.ip(),
                 identity,
             },
+            guard,
         )
         .await
     {
-        Ok(resp) => resp,
+        Ok(resp) => routes::with_cookies(resp, cookies),
         Err(e) => {
             tracing::warn!(error = %e, "upstream unavailable");
-            Failure::UpstreamUnavailable.respond(html)
+            routes::with_cookies(Failure::UpstreamUnavailable.respond(html), cookies)
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The gate's own routes, all under `/sso/`.
 
+mod backchannel;
 mod callback;
 mod health;
 mod login;
@@ -16,6 +17,7 @@ use crate::router::State;
 pub const LOGIN: &str = "/sso/login";
 pub const CALLBACK: &str = "/sso/authorization-code/callback";
 pub const LOGOUT: &str = "/sso/logout";
+pub const BACKCHANNEL_LOGOUT: &str = "/sso/backchannel-logout";
 pub const USERINFO: &str = "/sso/userinfo";
 pub const HEALTHZ: &str = "/sso/healthz";
 pub const READYZ: &str = "/sso/readyz";
@@ -31,7 +33,10 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         CALLBACK if get => callback::callback(state, &req).await,
         LOGOUT if get || method == Method::POST => logout::logout(state, &req),
         USERINFO if get => userinfo::userinfo(state, &req).await,
-        HEALTHZ | READYZ | LOGIN | CALLBACK | LOGOUT | USERINFO => {
+        BACKCHANNEL_LOGOUT if method == Method::POST => {
+            backchannel::backchannel_logout(state, req).await
+        }
+        HEALTHZ | READYZ | LOGIN | CALLBACK | LOGOUT | USERINFO | BACKCHANNEL_LOGOUT => {
             Failure::BadRequest(format!("{method} is not allowed here")).respond(html)
         }
         _ => Failure::NotFound.respond(html),

@@ -99,6 +99,9 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     /// `Set-Cookie` values that remove the session the request carries.
     fn clear(&self, request: &HeaderMap, out: &mut Vec<HeaderValue>);
+    /// Ends sessions before their cookies expire: `load` refuses them from
+    /// now until `until` (when their cookies would have expired anyway).
+    fn revoke(&self, what: Revocation, until: u64, now: u64);
 }
 
 /// A fresh random id (128 bits, URL-safe base64).

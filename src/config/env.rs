@@ -27,6 +27,9 @@ pub(super) struct Raw {
     pub ct_sso_scopes: Option<String>,
     pub ct_sso_ca_file: Option<String>,
     pub ct_sso_leeway: Option<String>,
+    pub ct_sso_refresh_skew: Option<String>,
+    pub ct_sso_refresh_grace: Option<String>,
+    pub ct_session_max_age: Option<String>,
     /// `CT_SSO_*` names this gate does not know (likely typos), for a warning.
     #[serde(skip)]
     pub unknown_sso: Vec<String>,
@@ -42,6 +45,8 @@ const KNOWN_SSO: &[&str] = &[
     "CT_SSO_SCOPES",
     "CT_SSO_CA_FILE",
     "CT_SSO_LEEWAY",
+    "CT_SSO_REFRESH_SKEW",
+    "CT_SSO_REFRESH_GRACE",
 ];
 
 impl Raw {

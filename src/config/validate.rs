@@ -10,7 +10,9 @@ use url::{Host, Url};
 
 use super::env::Raw;
 use super::files::{self, Files};
-use super::{Config, ConfigError, ConfigErrors, CookieKeys, LogFormat, Secret, TlsFiles};
+use super::{
+    Config, ConfigError, ConfigErrors, CookieKeys, LogFormat, Secret, SessionPolicy, TlsFiles,
+};
 use crate::provider::{self, oidc};
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
@@ -110,6 +112,27 @@ pub(super) fn validate(raw: Raw, fs: &dyn Files) -> Result<Config, ConfigErrors>
         Duration::from_secs(30),
         &mut p,
     );
+    let session = SessionPolicy {
+        refresh_skew: duration(
+            raw.ct_sso_refresh_skew.as_deref(),
+            "CT_SSO_REFRESH_SKEW",
+            Duration::from_secs(60),
+            &mut p,
+        ),
+        refresh_grace: duration(
+            raw.ct_sso_refresh_grace.as_deref(),
+            "CT_SSO_REFRESH_GRACE",
+            Duration::ZERO,
+            &mut p,
+        ),
+        max_age: raw
+            .ct_session_max_age
+            .as_deref()
+            .map(|v| duration(Some(v), "CT_SESSION_MAX_AGE", Duration::ZERO, &mut p)),
+    };
+    if session.max_age.is_some_and(|d| d < Duration::from_secs(60)) {
+        p.add("CT_SESSION_MAX_AGE", "must be at least 60s");
+    }
 
     let mut login_options = Vec::new();
     if raw.ct_sso_authorization_endpt.is_some() {
@@ -147,6 +170,7 @@ pub(super) fn validate(raw: Raw, fs: &dyn Files) -> Result<Config, ConfigErrors>
             log_format,
             header_read_timeout,
             shutdown_grace,
+            session,
             warnings,
         }),
         _ => Err(ConfigErrors(p.0)),

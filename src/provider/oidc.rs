@@ -350,11 +350,17 @@ impl LoginOption for Oidc {
         }
     }
 
-    fn logout_url(&self, session: &Session, post_logout_redirect: &str) -> Option<String> {
+    fn logout_url(
+        &self,
+        session: &Session,
+        post_logout_redirect: &str,
+        state: &str,
+    ) -> Option<String> {
         let loaded = self.inner.loaded.load_full()?;
         let endpoint = EndSessionUrl::new(loaded.end_session.clone()?).ok()?;
         let mut request = LogoutRequest::from(endpoint)
-            .set_client_id(ClientId::new(self.inner.settings.client_id.clone()));
+            .set_client_id(ClientId::new(self.inner.settings.client_id.clone()))
+            .set_state(CsrfToken::new(state.to_string()));
         if let Ok(redirect) = PostLogoutRedirectUrl::new(post_logout_redirect.to_string()) {
             request = request.set_post_logout_redirect_uri(redirect);
         }

@@ -124,7 +124,12 @@ pub async fn callback(state: &State, req: &Request<Incoming>) -> Response<Body> 
         sid: signed_in.sid,
         created_at: now,
         expires_at: signed_in.expires_at,
-        refresh_token: signed_in.refresh_token.map(Secret::new),
+        // Kept only where it can be used: without CT_SSO_TOKEN_ENDPT it would
+        // just make the cookie larger and live longer.
+        refresh_token: signed_in
+            .refresh_token
+            .filter(|_| option.can_refresh())
+            .map(Secret::new),
         id_token: signed_in.id_token.map(Secret::new),
     };
     let saved = match state.store.save(&session, req.headers(), now, &mut cookies) {

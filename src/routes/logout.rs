@@ -4,8 +4,10 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::with_cookies;
+use crate::lifecycle;
 use crate::respond::{self, Body};
 use crate::router::State;
+use crate::session::{Revocation, random_id};
 
 pub fn logout(state: &State, req: &Request<Incoming>) -> Response<Body> {
     let session = state.store.load(req.headers());
@@ -14,11 +16,25 @@ pub fn logout(state: &State, req: &Request<Incoming>) -> Response<Body> {
     let Some(session) = session else {
         return with_cookies(signed_out(), cookies);
     };
-    tracing::info!(sub = %session.identity.sub, option = %session.option, "signed out");
+    // Sign-out holds: a copy of the cookie replayed later is refused until
+    // it would have expired anyway, and live connections close now.
+    let now = crate::clock::now();
+    let until = now
+        .saturating_add(session.cookie_max_age(now))
+        .saturating_add(state.grace + 60);
+    let closed = lifecycle::end(
+        state,
+        Revocation::Session {
+            id: session.id.clone(),
+        },
+        until,
+        now,
+    );
+    tracing::info!(sub = %session.identity.sub, option = %session.option, live_sessions_closed = closed, "signed out");
     let provider_logout = state
         .registry
         .get(&session.option)
-        .and_then(|o| o.logout_url(&session, &state.config.logout_url()));
+        .and_then(|o| o.logout_url(&session, &state.config.logout_url(), &random_id()));
     match provider_logout {
         Some(url) => with_cookies(respond::redirect(&url), cookies),
         None => with_cookies(signed_out(), cookies),

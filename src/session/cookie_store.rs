@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue};
 
 use super::cookies::{CookieNames, MAX_PARTS, Part, request_cookies};
-use super::{Sealer, Session, Store, StoreError};
+use super::{Revocation, Revocations, Sealer, Session, Store, StoreError};
 
 /// Longest value in one cookie; with name and attributes it stays under the
 /// ~4096 bytes browsers accept.
@@ -18,16 +18,24 @@ pub const TOTAL_MAX: usize = 16 * 1024;
 pub struct CookieStore {
     sealer: Arc<Sealer>,
     names: CookieNames,
+    /// Sessions ended before their cookies expire (in memory, per process).
+    revoked: Arc<Revocations>,
 }
 
 impl CookieStore {
     pub fn new(sealer: Arc<Sealer>, names: CookieNames) -> Self {
-        Self { sealer, names }
+        Self {
+            sealer,
+            names,
+            revoked: Arc::new(Revocations::default()),
+        }
     }
 
     fn open(&self, sealed: &str) -> Option<Session> {
         let plain = self.sealer.open(self.names.session(), sealed)?;
-        serde_json::from_slice(&plain).ok()
+        serde_json::from_slice(&plain)
+            .ok()
+            .filter(|s| !self.revoked.is_revoked(s))
     }
 }
 
@@ -132,6 +140,10 @@ impl Store for CookieStore {
             out.extend(self.names.remove(&self.names.part_name(stale), "/"));
         }
         Ok(())
+    }
+
+    fn revoke(&self, what: Revocation, until: u64, now: u64) {
+        self.revoked.revoke(what, until, now);
     }
 
     fn clear(&self, request: &HeaderMap, out: &mut Vec<HeaderValue>) {

@@ -52,11 +52,29 @@ impl CookieNames {
         self.login_prefix
     }
 
-    /// Whether a cookie belongs to the gate (and so never reaches the upstream).
-    pub fn is_ours(name: &str) -> bool {
-        name.starts_with("ssogate")
-            || name.starts_with("__Host-ssogate")
-            || name.starts_with("__Secure-ssogate")
+    /// Whether a cookie (its name, or a `name=value` pair) is one the gate
+    /// writes, in either deployment's spelling, and so never reaches the
+    /// upstream. Application cookies that merely start with `ssogate` pass.
+    pub fn is_ours(pair_or_name: &str) -> bool {
+        let name = pair_or_name.split('=').next().unwrap_or_default().trim();
+        if name.starts_with("__Secure-ssogate-login-") || name.starts_with("ssogate-login-") {
+            return true;
+        }
+        match name
+            .strip_prefix("__Host-ssogate")
+            .or_else(|| name.strip_prefix("ssogate"))
+        {
+            Some("") => true,
+            Some(rest) => {
+                let b = rest.as_bytes();
+                b.len() == 5
+                    && b[0] == b'_'
+                    && b[1].is_ascii_digit()
+                    && &b[2..4] == b"of"
+                    && b[4].is_ascii_digit()
+            }
+            None => false,
+        }
     }
 
     /// Parses a session cookie name without allocating: `base` or
@@ -196,7 +214,14 @@ mod tests {
         ] {
             assert!(CookieNames::is_ours(n), "{n}");
         }
-        for n in ["app", "session", "__Host-app"] {
+        for n in [
+            "app",
+            "session",
+            "__Host-app",
+            "ssogate_theme",
+            "ssogate-app",
+            "__Host-ssogatex",
+        ] {
             assert!(!CookieNames::is_ours(n), "{n}");
         }
     }

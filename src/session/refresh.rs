@@ -4,7 +4,8 @@
 //! call to the token endpoint: the first starts it (on its own task, so a
 //! client that disconnects cannot cancel a refresh the provider has already
 //! performed), the others wait for it and use its result. The result stays
-//! for [`KEEP`] after it started, so a request that arrives a little later
+//! for [`KEEP`] after it started (an unreachable provider is not remembered:
+//! the next request asks again), so a request that arrives a little later
 //! with the old cookie gets the same new session instead of replaying a
 //! refresh token the provider has rotated (which reuse detection punishes by
 //! ending the session). Entries are keyed by session id and token expiry, so
@@ -88,13 +89,24 @@ impl SingleFlight {
                 .0
                 .clone()
         };
-        cell.get_or_init(|| async move {
-            tokio::spawn(refresh())
-                .await
-                .unwrap_or(Outcome::Unavailable)
-        })
-        .await
-        .clone()
+        let outcome = cell
+            .get_or_init(|| async move {
+                tokio::spawn(refresh())
+                    .await
+                    .unwrap_or(Outcome::Unavailable)
+            })
+            .await
+            .clone();
+        if matches!(outcome, Outcome::Unavailable) {
+            // Not remembered: the next request tries the provider again.
+            if let Ok(mut slots) = self.slots.lock() {
+                let key = (session.id.clone(), session.expires_at);
+                if slots.get(&key).is_some_and(|(c, _)| Arc::ptr_eq(c, &cell)) {
+                    slots.remove(&key);
+                }
+            }
+        }
+        outcome
     }
 
     pub fn len(&self) -> usize {

@@ -82,6 +82,12 @@ pub struct Revocations {
     max_entries: usize,
 }
 
+impl std::fmt::Debug for Revocations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Revocations({} entries)", self.len())
+    }
+}
+
 impl Default for Revocations {
     fn default() -> Self {
         Self::new(DEFAULT_MAX_ENTRIES)

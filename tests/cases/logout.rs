@@ -141,7 +141,17 @@ async fn full_sign_out_ends_the_provider_session_and_lands_on_the_signed_out_pag
 
     let (page, visited) = b.sign_out(&w.url("/sso/logout")).await;
     assert_signed_out_page(&page, "after the provider's confirmation");
-    assert_eq!(page.url, w.url("/sso/logout"), "visited {visited:?}");
+    let (landed, state) = page
+        .url
+        .split_once("?state=")
+        .expect("the provider echoes the logout state");
+    assert_eq!(landed, w.url("/sso/logout"), "visited {visited:?}");
+    let sent = visited
+        .iter()
+        .find(|u| u.contains("/session/end?"))
+        .and_then(|u| crate::support::browser::query_param(u, "state"))
+        .expect("the gate sent a state to end_session");
+    assert_eq!(state, sent, "the state the gate sent comes back");
     assert!(
         visited
             .iter()

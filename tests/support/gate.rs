@@ -110,6 +110,9 @@ pub struct Setup {
     pub tls: bool,
     /// Set `CT_SSO_TOKEN_ENDPT` to the provider's token endpoint.
     pub refresh: bool,
+    /// Register the gate's back-channel logout URI at the provider (which
+    /// then trusts the test CA to call it, and puts `sid` in ID tokens).
+    pub backchannel: bool,
     /// Adjusts the provider before it starts.
     pub idp: Box<dyn FnOnce(&mut IdpOptions) + Send>,
     /// Extra or overriding gate variables.
@@ -121,6 +124,7 @@ impl Default for Setup {
         Setup {
             tls: true,
             refresh: false,
+            backchannel: false,
             idp: Box::new(|_| {}),
             vars: Vec::new(),
         }
@@ -146,6 +150,10 @@ impl World {
         let upstream = Upstream::start().await;
         let (listener, url) = reserve(setup.tls).await;
         let mut opts = IdpOptions::new(CLIENT_ID, CLIENT_SECRET, &url);
+        if setup.backchannel {
+            opts = opts.with_backchannel(&url);
+            opts.extra_ca_pem = Some(pki.ca_pem.clone());
+        }
         (setup.idp)(&mut opts);
         let idp = Idp::start(&opts).await;
         let mut vars = base_vars(&url, &upstream.url, &idp.issuer, &pki, setup.tls);

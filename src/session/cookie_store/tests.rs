@@ -141,3 +141,26 @@ fn absurd_part_names_are_ignored() {
     );
     assert!(s.load(&h).is_none());
 }
+
+#[test]
+fn a_revoked_session_no_longer_loads_but_others_do() {
+    let s = store(1);
+    let mut out = Vec::new();
+    s.save(&session(10), &HeaderMap::new(), 1_000, &mut out)
+        .unwrap();
+    let req = as_request(&out);
+    let mut other = session(10);
+    other.id = "sid-2".into();
+    let mut out2 = Vec::new();
+    s.save(&other, &HeaderMap::new(), 1_000, &mut out2).unwrap();
+    s.revoke(
+        crate::session::Revocation::Session { id: "sid-1".into() },
+        u64::MAX,
+        1_000,
+    );
+    assert!(
+        s.load(&req).is_none(),
+        "a copied cookie is refused after sign-out"
+    );
+    assert!(s.load(&as_request(&out2)).is_some());
+}

@@ -1,0 +1,144 @@
+//! The session lifecycle around the pure gate decision: refreshing (one call
+//! to the provider per session at a time), ending sessions (revocation plus
+//! their live connections), and the guard that keeps a WebSocket or stream
+//! alive exactly as long as its session — refreshing it in the background
+//! when nothing else does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Secret;
+use crate::gate::Policy;
+use crate::live::{Lease, Wake};
+use crate::provider::RefreshError;
+use crate::proxy::cutoff::Guard;
+use crate::router::State;
+use crate::session::refresh::Outcome;
+use crate::session::{Revocation, Session};
+
+/// While the provider is unreachable, how often a live connection's session is retried.
+const RETRY_EVERY: Duration = Duration::from_secs(5);
+
+/// When the holder of a live connection must act: refresh a refreshable
+/// session `refresh_skew` before its expiry, otherwise let it run out; never
+/// past the absolute maximum age.
+pub fn act_at(session: &Session, refreshable: bool, policy: &Policy) -> u64 {
+    let due = if refreshable {
+        session.expires_at.saturating_sub(policy.refresh_skew)
+    } else {
+        session.expires_at
+    };
+    due.min(policy.hard_end(session))
+}
+
+/// Whether the session's option refreshes and the session can be refreshed.
+pub fn refreshable(state: &State, session: &Session) -> bool {
+    session.refresh_token.is_some()
+        && state
+            .registry
+            .get(&session.option)
+            .is_some_and(|o| o.can_refresh())
+}
+
+/// Refreshes `session` once for all concurrent callers; a newer generation
+/// already known (a live connection refreshed it) is used as it is.
+pub async fn refresh(state: &State, session: &Session) -> Outcome {
+    if let Some(latest) = state
+        .live
+        .latest(&session.id)
+        .filter(|l| l.expires_at > session.expires_at)
+    {
+        return Outcome::Refreshed(Box::new(latest));
+    }
+    let Some(option) = state.registry.get(&session.option).cloned() else {
+        return Outcome::Ended;
+    };
+    let old = session.clone();
+    let outcome = state
+        .refreshes
+        .run(session, move || async move {
+            match option.refresh(&old).await {
+                Ok(new) => Outcome::Refreshed(Box::new(Session {
+                    expires_at: new.expires_at,
+                    refresh_token: new.refresh_token.map(Secret::new).or(old.refresh_token.clone()),
+                    id_token: new.id_token.map(Secret::new).or(old.id_token.clone()),
+                    ..old
+                })),
+                Err(RefreshError::Rejected | RefreshError::Unsupported) => {
+                    tracing::info!(sub = %old.identity.sub, option = %old.option, "refresh refused: session ended");
+                    Outcome::Ended
+                }
+                Err(RefreshError::Unavailable(reason)) => {
+                    tracing::warn!(sub = %old.identity.sub, %reason, "refresh failed: provider unavailable");
+                    Outcome::Unavailable
+                }
+            }
+        })
+        .await;
+    match &outcome {
+        Outcome::Refreshed(new) => {
+            tracing::debug!(sub = %new.identity.sub, expires_at = new.expires_at, "session refreshed");
+            state.live.extend(new, act_at(new, true, &state.policy));
+        }
+        Outcome::Ended => {
+            let id = session.id.clone();
+            state.live.end(|s| s.id == id);
+        }
+        Outcome::Unavailable => {}
+    }
+    outcome
+}
+
+/// Ends sessions before their cookies expire: they are refused from now on
+/// and their live connections close.
+pub fn end(state: &State, what: Revocation, until: u64, now: u64) -> usize {
+    state.store.revoke(what.clone(), until, now);
+    state.live.end(|s| match &what {
+        Revocation::Session { id } => s.id == *id,
+        Revocation::ProviderSession { sid } => s.sid.as_deref() == Some(sid.as_str()),
+        Revocation::Subject { sub, before } => s.identity.sub == *sub && s.created_at <= *before,
+    })
+}
+
+/// A guard for a live connection of `session`: resolves when the session
+/// ends, reaches its maximum age, fails to refresh, or expires unrefreshed.
+pub fn guard(state: &Arc<State>, session: &Session) -> Guard {
+    let can_refresh = refreshable(state, session);
+    let lease = state
+        .live
+        .lease(session, act_at(session, can_refresh, &state.policy));
+    Box::pin(keep(state.clone(), lease, session.clone(), can_refresh))
+}
+
+/// A guard for a bearer-authenticated connection: the token's expiry.
+pub fn bearer_guard(expires_at: u64) -> Guard {
+    Box::pin(async move {
+        let left = expires_at.saturating_sub(crate::clock::now());
+        tokio::time::sleep(Duration::from_secs(left)).await;
+    })
+}
+
+async fn keep(state: Arc<State>, mut lease: Lease, mut session: Session, can_refresh: bool) {
+    loop {
+        if lease.wake().await == Wake::Ended {
+            return;
+        }
+        let now = crate::clock::now();
+        if !can_refresh || state.policy.hard_end(&session) <= now {
+            tracing::info!(sub = %session.identity.sub, "live connection closed: its session expired");
+            return;
+        }
+        match refresh(&state, &session).await {
+            Outcome::Refreshed(new) => session = *new,
+            Outcome::Ended => return,
+            Outcome::Unavailable => {
+                let grace_end = session.expires_at.saturating_add(state.grace);
+                if now >= grace_end {
+                    tracing::info!(sub = %session.identity.sub, "live connection closed: its session could not be refreshed");
+                    return;
+                }
+                tokio::time::sleep(RETRY_EVERY.min(Duration::from_secs(grace_end - now))).await;
+            }
+        }
+    }
+}

@@ -155,14 +155,18 @@ fn decisions(c: &mut Criterion) {
         header::ACCEPT,
         HeaderValue::from_static("text/html,application/xhtml+xml"),
     );
+    let policy = gate::Policy {
+        refresh_skew: 60,
+        max_age: Some(86_400),
+    };
     c.bench_function("gate_decide", |b| {
         b.iter(|| {
             let nav = gate::is_navigation(&Method::GET, black_box(&h));
-            black_box(gate::decide(
-                nav,
-                Credential::Session(black_box(&s)),
-                1_700_000_100,
-            ))
+            let credential = Credential::Session {
+                session: black_box(&s),
+                refreshable: true,
+            };
+            black_box(gate::decide(nav, credential, &policy, 1_700_000_100))
         })
     });
 }

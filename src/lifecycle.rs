@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Secret;
-use crate::gate::Policy;
+use http::{HeaderMap, HeaderValue};
+
+use crate::gate::{self, Credential, Decision, Policy};
 use crate::live::{Lease, Wake};
 use crate::provider::RefreshError;
 use crate::proxy::cutoff::Guard;
@@ -38,6 +40,64 @@ pub fn refreshable(state: &State, session: &Session) -> bool {
             .registry
             .get(&session.option)
             .is_some_and(|o| o.can_refresh())
+}
+
+/// Where a session a request carries stands, after refreshing it if due.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made once per request and moved straight out; boxing would allocate on the hot path"
+)]
+pub enum Checked {
+    /// Use this session; `cookies` carry it back when it was refreshed.
+    Valid {
+        session: Session,
+        cookies: Vec<HeaderValue>,
+    },
+    /// The provider refused the refresh; `cookies` delete the session.
+    Ended { cookies: Vec<HeaderValue> },
+    /// Expired (or past its maximum age) with no way to refresh it.
+    Expired,
+    /// Due for a refresh the provider could not perform, and past any grace.
+    Unavailable,
+}
+
+/// Decides on a loaded session and refreshes it when due.
+pub async fn check(state: &State, session: Session, request: &HeaderMap, now: u64) -> Checked {
+    let credential = Credential::Session {
+        session: &session,
+        refreshable: refreshable(state, &session),
+    };
+    match gate::decide(false, credential, &state.policy, now) {
+        Decision::Allow => Checked::Valid {
+            session,
+            cookies: Vec::new(),
+        },
+        Decision::Refresh => match refresh(state, &session).await {
+            Outcome::Refreshed(new) => {
+                let mut cookies = Vec::new();
+                if let Err(e) = state.store.save(&new, request, now, &mut cookies) {
+                    tracing::error!(error = %e, "cannot store the refreshed session");
+                }
+                Checked::Valid {
+                    session: *new,
+                    cookies,
+                }
+            }
+            Outcome::Ended => {
+                let mut cookies = Vec::new();
+                state.store.clear(request, &mut cookies);
+                Checked::Ended { cookies }
+            }
+            Outcome::Unavailable if now < session.expires_at.saturating_add(state.grace) => {
+                Checked::Valid {
+                    session,
+                    cookies: Vec::new(),
+                }
+            }
+            Outcome::Unavailable => Checked::Unavailable,
+        },
+        Decision::SignIn | Decision::Unauthorized { .. } => Checked::Expired,
+    }
 }
 
 /// Refreshes `session` once for all concurrent callers; a newer generation

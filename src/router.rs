@@ -13,13 +13,13 @@ use tracing::Instrument as _;
 use crate::config::Config;
 use crate::gate::{self, Credential, Decision, Policy};
 use crate::identity::Identity;
-use crate::lifecycle;
+use crate::lifecycle::{self, Checked};
 use crate::live::Live;
 use crate::provider::{Bearer, Registry};
 use crate::proxy::{Forward, Proxy, upgrade};
 use crate::respond::{self, Body, Failure};
 use crate::routes;
-use crate::session::refresh::{Outcome, SingleFlight};
+use crate::session::refresh::SingleFlight;
 use crate::session::{LoginStates, Session, Store};
 
 /// Everything a request may need, built once at startup.
@@ -134,40 +134,22 @@ async fn with_session(
     now: u64,
 ) -> Response<Body> {
     tracing::Span::current().record("sub", session.identity.sub.as_str());
-    let credential = Credential::Session {
-        session: &session,
-        refreshable: lifecycle::refreshable(state, &session),
+    let expired = if navigation {
+        Decision::SignIn
+    } else {
+        Decision::Unauthorized {
+            invalid_token: false,
+        }
     };
-    match gate::decide(navigation, credential, &state.policy, now) {
-        Decision::Allow => forward(state, req, peer, Tie::Session(session), Vec::new()).await,
-        Decision::Refresh => match lifecycle::refresh(state, &session).await {
-            Outcome::Refreshed(new) => {
-                let mut cookies = Vec::new();
-                if let Err(e) = state.store.save(&new, req.headers(), now, &mut cookies) {
-                    tracing::error!(error = %e, "cannot store the refreshed session");
-                }
-                forward(state, req, peer, Tie::Session(*new), cookies).await
-            }
-            Outcome::Ended => {
-                let mut cookies = Vec::new();
-                state.store.clear(req.headers(), &mut cookies);
-                let decision = if navigation {
-                    Decision::SignIn
-                } else {
-                    Decision::Unauthorized {
-                        invalid_token: false,
-                    }
-                };
-                routes::with_cookies(challenge(&decision, req.uri()), cookies)
-            }
-            Outcome::Unavailable if now < session.expires_at.saturating_add(state.grace) => {
-                forward(state, req, peer, Tie::Session(session), Vec::new()).await
-            }
-            Outcome::Unavailable => {
-                Failure::ProviderUnavailable.respond(respond::wants_html(req.headers()))
-            }
-        },
-        decision => challenge(&decision, req.uri()),
+    match lifecycle::check(state, session, req.headers(), now).await {
+        Checked::Valid { session, cookies } => {
+            forward(state, req, peer, Tie::Session(session), cookies).await
+        }
+        Checked::Ended { cookies } => routes::with_cookies(challenge(&expired, req.uri()), cookies),
+        Checked::Expired => challenge(&expired, req.uri()),
+        Checked::Unavailable => {
+            Failure::ProviderUnavailable.respond(respond::wants_html(req.headers()))
+        }
     }
 }
 

@@ -1,18 +1,39 @@
-//! `GET /sso/userinfo`: the signed-in user as JSON; 401 without a session.
+//! `GET /sso/userinfo`: the signed-in user as JSON (refreshing the session
+//! when due, like any request); 401 without a session.
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::respond::{self, Body};
+use super::with_cookies;
+use crate::lifecycle::{self, Checked};
+use crate::respond::{self, Body, Failure};
 use crate::router::{State, bearer_token, verify_bearer};
 
 pub async fn userinfo(state: &State, req: &Request<Incoming>) -> Response<Body> {
     let now = crate::clock::now();
-    let from_session = state
+    let session = state
         .store
         .load(req.headers())
-        .filter(|s| s.expires_at > now && state.registry.get(&s.option).is_some())
-        .map(|s| (s.identity, s.expires_at));
+        .filter(|s| state.registry.get(&s.option).is_some());
+    let mut cookies = Vec::new();
+    let from_session = match session {
+        Some(session) => match lifecycle::check(state, session, req.headers(), now).await {
+            Checked::Valid {
+                session,
+                cookies: set,
+            } => {
+                cookies = set;
+                Some((session.identity, session.expires_at))
+            }
+            Checked::Ended { cookies: set } => {
+                cookies = set;
+                None
+            }
+            Checked::Expired => None,
+            Checked::Unavailable => return Failure::ProviderUnavailable.respond(false),
+        },
+        None => None,
+    };
     let found = match from_session {
         Some(found) => Some(found),
         None => match bearer_token(req.headers()) {
@@ -20,7 +41,7 @@ pub async fn userinfo(state: &State, req: &Request<Incoming>) -> Response<Body> 
             None => None,
         },
     };
-    match found {
+    let resp = match found {
         Some((id, expires_at)) => respond::json(
             StatusCode::OK,
             &serde_json::json!({
@@ -32,5 +53,6 @@ pub async fn userinfo(state: &State, req: &Request<Incoming>) -> Response<Body> 
             }),
         ),
         None => respond::unauthorized(false),
-    }
+    };
+    with_cookies(resp, cookies)
 }

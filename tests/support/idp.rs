@@ -20,7 +20,7 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 
 /// How long to wait for the provider's ready line.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Lines of the provider's stderr kept for panic messages.
 const STDERR_TAIL: usize = 60;
 

@@ -34,6 +34,7 @@ fn session(id_token_len: usize) -> Session {
         },
         sid: Some("sid-123".into()),
         created_at: 1_700_000_000,
+        issued_at: 0,
         expires_at: u64::MAX / 2,
         refresh_token: Some(Secret::new("r".repeat(64))),
         id_token: Some(Secret::new("i".repeat(id_token_len))),

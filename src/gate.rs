@@ -3,7 +3,7 @@
 
 use http::{HeaderMap, Method};
 
-use crate::session::Session;
+use crate::session::{MAX_COOKIE_AGE_SECS, Session};
 
 /// What the gate holds about the caller's credentials.
 #[derive(Debug)]
@@ -41,10 +41,29 @@ impl From<crate::config::SessionPolicy> for Policy {
 }
 
 impl Policy {
-    /// When a session ends at the latest, refreshes or not.
+    /// When a refreshable session is due for a refresh: `refresh_skew`
+    /// before its tokens expire, or halfway through their lifetime when they
+    /// live shorter than twice the skew (30 s tokens with the default 60 s
+    /// skew would otherwise be refreshed on every request).
+    pub fn refresh_at(&self, session: &Session) -> u64 {
+        let lifetime = session.expires_at.saturating_sub(session.issued_at);
+        let early = if session.issued_at == 0 {
+            self.refresh_skew
+        } else {
+            self.refresh_skew.min(lifetime / 2)
+        };
+        session.expires_at.saturating_sub(early)
+    }
+
+    /// When a session ends at the latest, refreshes or not: its maximum age,
+    /// and never later than its cookie's lifetime ([`MAX_COOKIE_AGE_SECS`]),
+    /// so a replayed copy that ignores `Max-Age` is refused too and
+    /// revocations need not outlive that.
     pub fn hard_end(&self, session: &Session) -> u64 {
-        self.max_age
-            .map_or(u64::MAX, |age| session.created_at.saturating_add(age))
+        let cookie_end = session.created_at.saturating_add(MAX_COOKIE_AGE_SECS);
+        self.max_age.map_or(cookie_end, |age| {
+            session.created_at.saturating_add(age).min(cookie_end)
+        })
     }
 }
 
@@ -81,7 +100,7 @@ pub fn decide(navigation: bool, credential: Credential<'_>, policy: &Policy, now
             session,
             refreshable,
         } => {
-            let fresh = session.expires_at > now.saturating_add(policy.refresh_skew);
+            let fresh = now < policy.refresh_at(session);
             match (fresh, refreshable, session.expires_at > now) {
                 (true, _, _) => Decision::Allow,
                 (false, true, _) => Decision::Refresh,
@@ -115,6 +134,7 @@ mod tests {
             },
             sid: None,
             created_at: 0,
+            issued_at: 0,
             expires_at,
             refresh_token: None,
             id_token: None,
@@ -173,6 +193,41 @@ mod tests {
             "no refresh token: use what is left"
         );
         assert_eq!(decide(false, n(), &p, 100), NO_TOKEN);
+    }
+
+    #[test]
+    fn short_lived_tokens_refresh_halfway_not_on_every_request() {
+        let mut s = session(130);
+        s.issued_at = 100;
+        let p = Policy {
+            refresh_skew: 60,
+            max_age: None,
+        };
+        let r = || Credential::Session {
+            session: &s,
+            refreshable: true,
+        };
+        assert_eq!(p.refresh_at(&s), 115, "30 s tokens: halfway");
+        assert_eq!(decide(false, r(), &p, 101), Decision::Allow);
+        assert_eq!(decide(false, r(), &p, 114), Decision::Allow);
+        assert_eq!(decide(false, r(), &p, 115), Decision::Refresh);
+        s.issued_at = 0;
+        assert_eq!(p.refresh_at(&s), 70, "issue time unknown: the skew");
+    }
+
+    #[test]
+    fn no_session_outlives_its_cookie_lifetime() {
+        let s = session(u64::MAX / 2);
+        let p = Policy::default();
+        let r = || Credential::Session {
+            session: &s,
+            refreshable: true,
+        };
+        assert_eq!(
+            decide(true, r(), &p, MAX_COOKIE_AGE_SECS - 1),
+            Decision::Allow
+        );
+        assert_eq!(decide(true, r(), &p, MAX_COOKIE_AGE_SECS), Decision::SignIn);
     }
 
     #[test]

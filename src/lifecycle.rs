@@ -20,13 +20,15 @@ use crate::session::{Revocation, Session};
 
 /// While the provider is unreachable, how often a live connection's session is retried.
 const RETRY_EVERY: Duration = Duration::from_secs(5);
+/// The shortest pause between two refreshes of a live connection's session.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// When the holder of a live connection must act: refresh a refreshable
-/// session `refresh_skew` before its expiry, otherwise let it run out; never
-/// past the absolute maximum age.
+/// session when a request would ([`Policy::refresh_at`]), otherwise let it
+/// run out; never past the absolute end.
 pub fn act_at(session: &Session, refreshable: bool, policy: &Policy) -> u64 {
     let due = if refreshable {
-        session.expires_at.saturating_sub(policy.refresh_skew)
+        policy.refresh_at(session)
     } else {
         session.expires_at
     };
@@ -103,6 +105,25 @@ pub async fn check(state: &State, session: Session, request: &HeaderMap, now: u6
 /// Refreshes `session` once for all concurrent callers; a newer generation
 /// already known (a live connection refreshed it) is used as it is.
 pub async fn refresh(state: &State, session: &Session) -> Outcome {
+    let mut outcome = refresh_once(state, session).await;
+    // A remembered result (a request with an old cookie) may itself have
+    // expired since: refresh that generation in turn rather than use it.
+    for _ in 0..MAX_STALE_HOPS {
+        match &outcome {
+            Outcome::Refreshed(new) if new.expires_at <= crate::clock::now() => {
+                let new = new.clone();
+                outcome = refresh_once(state, &new).await;
+            }
+            _ => break,
+        }
+    }
+    outcome
+}
+
+/// How many remembered generations one request may step over.
+const MAX_STALE_HOPS: usize = 3;
+
+async fn refresh_once(state: &State, session: &Session) -> Outcome {
     if let Some(latest) = state
         .live
         .latest(&session.id)
@@ -119,6 +140,7 @@ pub async fn refresh(state: &State, session: &Session) -> Outcome {
         .run(session, move || async move {
             match option.refresh(&old).await {
                 Ok(new) => Outcome::Refreshed(Box::new(Session {
+                    issued_at: crate::clock::now(),
                     expires_at: new.expires_at,
                     refresh_token: new.refresh_token.map(Secret::new).or(old.refresh_token.clone()),
                     id_token: new.id_token.map(Secret::new).or(old.id_token.clone()),
@@ -167,6 +189,12 @@ pub fn guard(state: &Arc<State>, session: &Session) -> Guard {
     let lease = state
         .live
         .lease(session, act_at(session, can_refresh, &state.policy));
+    // Ended while its request waited for the upstream: `end` revokes before
+    // it wakes leases, so a lease taken after that wake-up sees the
+    // revocation here, and one taken before it is woken.
+    if state.store.is_revoked(session) {
+        return Box::pin(std::future::ready(()));
+    }
     Box::pin(keep(state.clone(), lease, session.clone(), can_refresh))
 }
 
@@ -189,7 +217,14 @@ async fn keep(state: Arc<State>, mut lease: Lease, mut session: Session, can_ref
             return;
         }
         match refresh(&state, &session).await {
-            Outcome::Refreshed(new) => session = *new,
+            Outcome::Refreshed(new) => {
+                session = *new;
+                // Never loop hot: a result that leaves the session due at
+                // once (a remembered or already expired one) waits a moment.
+                if act_at(&session, true, &state.policy) <= crate::clock::now() {
+                    tokio::time::sleep(MIN_REFRESH_INTERVAL).await;
+                }
+            }
             Outcome::Ended => return,
             Outcome::Unavailable => {
                 let grace_end = session.expires_at.saturating_add(state.grace);
@@ -200,5 +235,46 @@ async fn keep(state: Arc<State>, mut lease: Lease, mut session: Session, can_ref
                 tokio::time::sleep(RETRY_EVERY.min(Duration::from_secs(grace_end - now))).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+
+    fn session(expires_at: u64) -> Session {
+        Session {
+            id: "i".into(),
+            option: "oidc".into(),
+            identity: Identity::default(),
+            sid: None,
+            created_at: 0,
+            issued_at: 0,
+            expires_at,
+            refresh_token: None,
+            id_token: None,
+        }
+    }
+
+    #[test]
+    fn live_connections_act_before_expiry_and_never_continuously() {
+        let p = Policy {
+            refresh_skew: 60,
+            max_age: Some(10_000),
+        };
+        assert_eq!(act_at(&session(1_000), true, &p), 940, "the skew");
+        assert_eq!(
+            act_at(&session(1_000), false, &p),
+            1_000,
+            "no refresh: expiry"
+        );
+        // Tokens that live 4 s, shorter than the skew: halfway, not at once.
+        let short = Session {
+            issued_at: 100,
+            ..session(104)
+        };
+        assert_eq!(act_at(&short, true, &p), 102);
+        assert_eq!(act_at(&session(20_000), true, &p), 10_000, "maximum age");
     }
 }

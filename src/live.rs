@@ -177,6 +177,7 @@ mod tests {
             },
             sid: sid.map(Into::into),
             created_at: 0,
+            issued_at: 0,
             expires_at: 0,
             refresh_token: None,
             id_token: None,

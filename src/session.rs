@@ -42,6 +42,11 @@ pub struct Session {
     /// When the user signed in (unix seconds).
     #[serde(rename = "c")]
     pub created_at: u64,
+    /// When the tokens behind the session were issued (sign-in or last
+    /// refresh, unix seconds); with `expires_at` their lifetime, which
+    /// decides how early a refresh is due. 0 when unknown.
+    #[serde(rename = "n", default)]
+    pub issued_at: u64,
     /// When the tokens behind the session expire (unix seconds).
     #[serde(rename = "e")]
     pub expires_at: u64,
@@ -102,6 +107,9 @@ pub trait Store: Send + Sync {
     /// Ends sessions before their cookies expire: `load` refuses them from
     /// now until `until` (when their cookies would have expired anyway).
     fn revoke(&self, what: Revocation, until: u64, now: u64);
+    /// Whether `session` was ended since it was loaded (a live connection
+    /// that opens after a sign-out must not outlive it).
+    fn is_revoked(&self, session: &Session) -> bool;
 }
 
 /// A fresh random id (128 bits, URL-safe base64).

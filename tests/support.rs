@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 pub mod browser;
 pub mod certs;
+pub mod fake_idp;
 pub mod gate;
 pub mod idp;
 pub mod upstream;

@@ -78,7 +78,7 @@ impl Settings {
 
 struct Inner {
     settings: Settings,
-    http: reqwest::Client,
+    http: http::Http,
     redirect_uri: String,
     loaded: ArcSwapOption<Loaded>,
     last_key_reload: tokio::sync::Mutex<Option<Instant>>,
@@ -100,7 +100,7 @@ impl Oidc {
     /// Starts loading the provider in the background; sign-ins wait for it
     /// (`/sso/readyz` says when), retrying with backoff while it is down.
     pub fn start(settings: Settings, redirect_uri: String) -> Result<Self, ProviderError> {
-        let http = http::client(settings.ca_pem.as_deref())?;
+        let http = http::Http::new(settings.ca_pem.as_deref())?;
         let inner = Arc::new(Inner {
             settings,
             http,
@@ -377,7 +377,7 @@ impl LoginOption for Oidc {
 
 /// Discovers the provider once (for `ssogate check-config`) and describes it.
 pub async fn check(settings: &Settings, redirect_uri: &str) -> Result<Vec<String>, ProviderError> {
-    let http = http::client(settings.ca_pem.as_deref())?;
+    let http = http::Http::new(settings.ca_pem.as_deref())?;
     let loaded = discovery::discover(settings, &http, redirect_uri).await?;
     let mut lines = vec![format!(
         "provider {} answered discovery; {} usable signing keys",

@@ -123,6 +123,7 @@ pub async fn callback(state: &State, req: &Request<Incoming>) -> Response<Body> 
         identity: signed_in.identity,
         sid: signed_in.sid,
         created_at: now,
+        issued_at: now,
         expires_at: signed_in.expires_at,
         // Kept only where it can be used: without CT_SSO_TOKEN_ENDPT it would
         // just make the cookie larger and live longer.

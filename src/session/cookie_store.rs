@@ -146,6 +146,10 @@ impl Store for CookieStore {
         self.revoked.revoke(what, until, now);
     }
 
+    fn is_revoked(&self, session: &Session) -> bool {
+        self.revoked.is_revoked(session)
+    }
+
     fn clear(&self, request: &HeaderMap, out: &mut Vec<HeaderValue>) {
         let found = Found::scan(&self.names, request);
         let mut any = false;

@@ -76,6 +76,16 @@ impl SingleFlight {
             };
             slots.retain(|_, (_, started)| started.elapsed() < KEEP);
             let key = (session.id.clone(), session.expires_at);
+            // A generation refreshed within the second it was issued has the
+            // key of its predecessor: the remembered result is then this very
+            // generation, not a newer one. Refresh it for real (its refresh
+            // token is the current one, so this replays nothing).
+            if slots.get(&key).is_some_and(|(cell, _)| {
+                matches!(cell.get(), Some(Outcome::Refreshed(new))
+                    if new.expires_at <= session.expires_at && new.refresh_token == session.refresh_token)
+            }) {
+                slots.remove(&key);
+            }
             if !slots.contains_key(&key) && slots.len() >= self.max_entries {
                 tracing::warn!(
                     max = self.max_entries,
@@ -135,6 +145,7 @@ mod tests {
             },
             sid: None,
             created_at: 0,
+            issued_at: 0,
             expires_at,
             refresh_token: None,
             id_token: None,
@@ -168,6 +179,46 @@ mod tests {
         // The next generation refreshes again.
         let next = flight.run(&s("one", 20), || async { Outcome::Ended }).await;
         assert!(matches!(next, Outcome::Ended));
+    }
+
+    #[tokio::test]
+    async fn a_remembered_result_of_the_same_generation_is_refreshed_again() {
+        fn with_token(expires_at: u64, token: &str) -> Session {
+            Session {
+                refresh_token: Some(crate::config::Secret::new(token.into())),
+                ..s("one", expires_at)
+            }
+        }
+        let flight = SingleFlight::default();
+        // Refreshed within the second it was issued: same expiry, token not rotated.
+        let gen2 = with_token(10, "r");
+        let same = gen2.clone();
+        flight
+            .run(&with_token(10, "r"), || async move {
+                Outcome::Refreshed(Box::new(same))
+            })
+            .await;
+        let next = flight
+            .run(&gen2, || async {
+                Outcome::Refreshed(Box::new(with_token(11, "r")))
+            })
+            .await;
+        assert!(matches!(next, Outcome::Refreshed(n) if n.expires_at == 11));
+
+        // Rotated: the predecessor's token is spent, so its late requests get
+        // the remembered result, never a replay.
+        let flight = SingleFlight::default();
+        let rotated = with_token(10, "r2");
+        let first = rotated.clone();
+        flight
+            .run(&with_token(10, "r1"), || async move {
+                Outcome::Refreshed(Box::new(first))
+            })
+            .await;
+        let late = flight
+            .run(&with_token(10, "r1"), || async { Outcome::Ended })
+            .await;
+        assert!(matches!(late, Outcome::Refreshed(n) if n.refresh_token == rotated.refresh_token));
     }
 
     #[tokio::test]

@@ -166,6 +166,7 @@ mod tests {
             },
             sid: sid.map(Into::into),
             created_at,
+            issued_at: 0,
             expires_at: created_at + 100,
             refresh_token: None,
             id_token: None,

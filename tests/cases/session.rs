@@ -45,6 +45,7 @@ fn session_for(sub: &str, expires_at: u64, id_token: Option<String>) -> Session 
         },
         sid: None,
         created_at: now(),
+        issued_at: 0,
         expires_at,
         refresh_token: None,
         id_token: id_token.map(Secret::new),

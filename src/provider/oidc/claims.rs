@@ -156,7 +156,7 @@ pub fn validate(
 /// broken endpoint only loses the extra claims.
 pub async fn merge_userinfo(
     loaded: &Loaded,
-    http: &reqwest::Client,
+    http: &super::http::Http,
     access_token: &AccessToken,
     signed_in: &mut SignedIn,
 ) -> Result<(), ProviderError> {

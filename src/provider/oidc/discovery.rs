@@ -11,6 +11,7 @@ use openidconnect::{
 };
 
 use super::Settings;
+use super::http::{Http, HttpError};
 use super::keys::KeySet;
 use crate::provider::ProviderError;
 
@@ -65,7 +66,7 @@ fn asymmetric(alg: &CoreJwsSigningAlgorithm) -> bool {
 /// Fetches and checks the discovery document and keys.
 pub async fn discover(
     settings: &Settings,
-    http: &reqwest::Client,
+    http: &Http,
     redirect_uri: &str,
 ) -> Result<Loaded, ProviderError> {
     let issuer =
@@ -92,7 +93,7 @@ pub async fn discover(
 /// Re-reads only the key set (after an unknown `kid`), keeping the rest.
 pub async fn reload_keys(
     settings: &Settings,
-    http: &reqwest::Client,
+    http: &Http,
     current: &Loaded,
     redirect_uri: &str,
 ) -> Result<Loaded, ProviderError> {
@@ -102,24 +103,18 @@ pub async fn reload_keys(
 }
 
 async fn fetch_jwks(
-    http: &reqwest::Client,
+    http: &Http,
     uri: &JsonWebKeySetUrl,
 ) -> Result<CoreJsonWebKeySet, ProviderError> {
-    let resp = http
-        .get(uri.url().as_str())
-        .send()
-        .await
-        .map_err(|e| ProviderError::Unreachable(e.to_string()))?;
-    if !resp.status().is_success() {
+    let (status, body) = http.get(uri.url().as_str()).await.map_err(|e| match e {
+        HttpError::TooLarge => ProviderError::BadResponse(format!("jwks_uri: {e}")),
+        HttpError::Transport(e) => ProviderError::Unreachable(e),
+    })?;
+    if !status.is_success() {
         return Err(ProviderError::BadResponse(format!(
-            "jwks_uri answered HTTP {}",
-            resp.status()
+            "jwks_uri answered HTTP {status}"
         )));
     }
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| ProviderError::Unreachable(e.to_string()))?;
     serde_json::from_slice(&body)
         .map_err(|_| ProviderError::BadResponse("jwks_uri did not answer a JSON key set".into()))
 }

@@ -24,6 +24,7 @@ fn session(id_token_len: usize) -> Session {
         },
         sid: None,
         created_at: 1_000,
+        issued_at: 0,
         expires_at: 5_000,
         refresh_token: Some(Secret::new("rt".into())),
         id_token: Some(Secret::new("x".repeat(id_token_len))),

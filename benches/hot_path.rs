@@ -17,7 +17,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
 use ssogate::config::Secret;
 use ssogate::gate::{self, Credential};
 use ssogate::identity::Identity;
-use ssogate::provider::oidc::keys::KeySet;
+use ssogate::provider::oidc::keys::{KeySet, Trust};
+use ssogate::provider::oidc::quirks::IssuerRule;
 use ssogate::proxy::headers::{Outbound, to_upstream};
 use ssogate::routes::return_to;
 use ssogate::session::{CookieNames, CookieStore, Sealer, Session, Store};
@@ -93,7 +94,10 @@ fn bearer(c: &mut Criterion) {
     let jwks = serde_json::json!({ "keys": [jwk] });
     let keys = KeySet::from_jwks(
         &jwks,
-        "https://idp.example.com",
+        Trust {
+            issuer: IssuerRule::Exact("https://idp.example.com".into()),
+            allowed_tenants: Vec::new(),
+        },
         "ssogate",
         Duration::from_secs(60),
     );

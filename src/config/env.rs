@@ -30,6 +30,8 @@ pub(super) struct Raw {
     pub ct_sso_refresh_skew: Option<String>,
     pub ct_sso_refresh_grace: Option<String>,
     pub ct_session_max_age: Option<String>,
+    pub ct_sso_allowed_tenants: Option<String>,
+    pub ct_sso_email_fallback: Option<String>,
     /// `CT_SSO_*` names this gate does not know (likely typos), for a warning.
     #[serde(skip)]
     pub unknown_sso: Vec<String>,
@@ -47,6 +49,8 @@ const KNOWN_SSO: &[&str] = &[
     "CT_SSO_LEEWAY",
     "CT_SSO_REFRESH_SKEW",
     "CT_SSO_REFRESH_GRACE",
+    "CT_SSO_ALLOWED_TENANTS",
+    "CT_SSO_EMAIL_FALLBACK",
 ];
 
 impl Raw {

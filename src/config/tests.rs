@@ -183,6 +183,14 @@ fn each_bad_setting_is_named_in_one_line() {
             without(good(), "CT_SSO_AUTHORIZATION_ENDPT"),
             "CT_SSO_AUTHORIZATION_ENDPT: is not set, so nobody could sign in",
         ),
+        (
+            with(good(), "CT_SSO_ALLOWED_TENANTS", "contoso/../x"),
+            "CT_SSO_ALLOWED_TENANTS: `contoso/../x` is not a tenant id",
+        ),
+        (
+            with(good(), "CT_SSO_EMAIL_FALLBACK", "upn,name"),
+            "CT_SSO_EMAIL_FALLBACK: `name` is not one of preferred_username, upn, unique_name",
+        ),
     ];
     for (pairs, expected) in cases {
         let line = one_error(pairs);
@@ -352,4 +360,27 @@ fn an_upstream_url_with_a_password_is_refused_without_showing_it() {
     ));
     assert!(e.starts_with("CT_UPSTREAM_URL: "), "{e}");
     assert!(!e.contains("pw-1234"), "{e}");
+}
+
+#[test]
+fn tenant_and_email_fallback_lists_are_trimmed() {
+    let pairs = with(
+        with(
+            good(),
+            "CT_SSO_ALLOWED_TENANTS",
+            " 9188040d-6c67-4c5b-b112-36a304b66dad , 72f988bf-86f1-41af-91ab-2d7cd011db47",
+        ),
+        "CT_SSO_EMAIL_FALLBACK",
+        "upn preferred_username",
+    );
+    let config = run(pairs).expect("valid");
+    let crate::provider::Config::Oidc(s) = &config.login_options[0];
+    assert_eq!(
+        s.allowed_tenants,
+        [
+            "9188040d-6c67-4c5b-b112-36a304b66dad",
+            "72f988bf-86f1-41af-91ab-2d7cd011db47"
+        ]
+    );
+    assert_eq!(s.email_fallback, ["upn", "preferred_username"]);
 }

@@ -526,6 +526,31 @@ fn oidc_settings(
     if leeway > Duration::from_secs(600) {
         p.add("CT_SSO_LEEWAY", "must be at most 10m");
     }
+    let allowed_tenants = list(raw.ct_sso_allowed_tenants.as_deref());
+    if let Some(bad) = allowed_tenants
+        .iter()
+        .find(|t| !oidc::quirks::is_tenant_id(t))
+    {
+        p.add(
+            "CT_SSO_ALLOWED_TENANTS",
+            format!(
+                "`{bad}` is not a tenant id (a GUID such as 9188040d-6c67-4c5b-b112-36a304b66dad)"
+            ),
+        );
+    }
+    let email_fallback = list(raw.ct_sso_email_fallback.as_deref());
+    if let Some(bad) = email_fallback
+        .iter()
+        .find(|c| !oidc::quirks::EMAIL_FALLBACK_CLAIMS.contains(&c.as_str()))
+    {
+        p.add(
+            "CT_SSO_EMAIL_FALLBACK",
+            format!(
+                "`{bad}` is not one of {}",
+                oidc::quirks::EMAIL_FALLBACK_CLAIMS.join(", ")
+            ),
+        );
+    }
     Some(oidc::Settings {
         id: "oidc".into(),
         issuer: issuer?,
@@ -536,5 +561,17 @@ fn oidc_settings(
         scopes,
         ca_pem,
         leeway,
+        allowed_tenants,
+        email_fallback,
     })
+}
+
+/// A comma- or space-separated list, trimmed, without empty items.
+fn list(value: Option<&str>) -> Vec<String> {
+    value
+        .unwrap_or_default()
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }

@@ -6,6 +6,7 @@ pub mod discovery;
 mod http;
 pub mod keys;
 mod logout_token;
+pub mod quirks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,16 +35,11 @@ use crate::session::{LoginState, Session};
 pub const MIN_KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 /// Session lifetime after a refresh whose answer names no expiry.
 const DEFAULT_TOKEN_LIFETIME_SECS: u64 = 300;
+const OFFLINE_ACCESS: &str = "offline_access";
 /// How often a loaded provider is discovered again (keys rotate).
 const REDISCOVER_EVERY: Duration = Duration::from_secs(3600);
 
-/// A provider's quirks, chosen by `CT_SSO_PROVIDER`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Quirks {
-    Generic,
-    Okta,
-    Microsoft,
-}
+pub use self::quirks::Quirks;
 
 /// One OpenID Connect provider, as configured.
 #[derive(Clone, Debug)]
@@ -61,6 +57,11 @@ pub struct Settings {
     pub ca_pem: Option<Vec<u8>>,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`.
     pub leeway: Duration,
+    /// `CT_SSO_ALLOWED_TENANTS`: Entra tenant ids (`tid`) accepted; empty accepts any.
+    pub allowed_tenants: Vec<String>,
+    /// `CT_SSO_EMAIL_FALLBACK`: claims read, in order, for the email header
+    /// when the token has no `email`; empty by default (no guessing).
+    pub email_fallback: Vec<String>,
 }
 
 impl Settings {
@@ -171,7 +172,19 @@ impl LoginOption for Oidc {
                 move || nonce_c,
             )
             .set_pkce_challenge(challenge);
-        for scope in self.inner.settings.scopes.iter().filter(|s| *s != "openid") {
+        // `offline_access` only where the provider lists it (when it lists
+        // scopes at all): AD FS has none and issues refresh tokens anyway.
+        let offline_ok = loaded
+            .metadata
+            .scopes_supported()
+            .is_none_or(|list| list.iter().any(|s| s.as_str() == OFFLINE_ACCESS));
+        for scope in self
+            .inner
+            .settings
+            .scopes
+            .iter()
+            .filter(|s| *s != "openid" && (offline_ok || *s != OFFLINE_ACCESS))
+        {
             request = request.add_scope(Scope::new(scope.clone()));
         }
         let (url, _, _) = request.url();
@@ -235,6 +248,7 @@ impl LoginOption for Oidc {
             )
             .await?;
         }
+        claims::apply_quirks(settings, &mut signed_in);
         signed_in.refresh_token = response.refresh_token().map(|t| t.secret().clone());
         if let Some(expires_in) = response.expires_in() {
             signed_in.expires_at = signed_in

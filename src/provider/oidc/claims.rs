@@ -10,10 +10,10 @@ use openidconnect::{
     RequestTokenError, SignatureVerificationError, StandardErrorResponse, SubjectIdentifier,
     TokenResponse as _, UserInfoError,
 };
-use serde::Deserialize;
 
 use super::Settings;
 use super::discovery::Loaded;
+use super::quirks::{self, Extra};
 use crate::identity::Identity;
 use crate::provider::{ProviderError, SignedIn};
 
@@ -39,14 +39,8 @@ pub fn token_error<RE: std::error::Error + 'static>(
     }
 }
 
-#[derive(Default, Deserialize)]
-struct Extra {
-    #[serde(default)]
-    sid: Option<String>,
-}
-
 /// Reads claims openidconnect does not model from an already verified token.
-fn extra_claims(compact: &str) -> Extra {
+pub fn extra_claims(compact: &str) -> Extra {
     use base64::Engine as _;
     compact
         .split('.')
@@ -95,9 +89,13 @@ pub fn validate(
         .id_token()
         .ok_or_else(|| ProviderError::BadResponse("the token response holds no id_token".into()))?;
     let leeway = chrono::Duration::from_std(settings.leeway).unwrap_or_default();
+    // An Entra multi-tenant issuer is a template: openidconnect cannot
+    // compare it, so `iss` is checked below against the template filled
+    // with the token's `tid`.
     let verifier = loaded
         .client
         .id_token_verifier()
+        .require_issuer_match(!loaded.issuer.is_template())
         .set_allowed_algs(loaded.algorithms.clone())
         .set_time_fn(move || Utc::now() - leeway)
         .set_issue_time_verifier_fn(move |iat| {
@@ -133,7 +131,19 @@ pub fn validate(
             return Err(bad());
         }
     }
-    let extra = extra_claims(&id_token.to_string());
+    let compact = id_token.to_string();
+    let extra = extra_claims(&compact);
+    if !loaded
+        .issuer
+        .accepts(claims.issuer().as_str(), extra.tid.as_deref())
+    {
+        return Err(ProviderError::InvalidToken("wrong issuer".into()));
+    }
+    if !quirks::tenant_allowed(&settings.allowed_tenants, extra.tid.as_deref()) {
+        return Err(ProviderError::InvalidToken(
+            "the user's tenant is not allowed (CT_SSO_ALLOWED_TENANTS)".into(),
+        ));
+    }
     Ok(SignedIn {
         identity: Identity {
             sub: claims.subject().as_str().to_string(),
@@ -147,8 +157,23 @@ pub fn validate(
         sid: extra.sid,
         expires_at: u64::try_from(claims.expiration().timestamp()).unwrap_or(0),
         refresh_token: None,
-        id_token: Some(id_token.to_string()),
+        id_token: Some(compact),
     })
+}
+
+/// Completes the identity from provider-specific claims of the ID token
+/// (after userinfo, whose standard claims win): see [`quirks::fill_identity`].
+pub fn apply_quirks(settings: &Settings, signed_in: &mut SignedIn) {
+    let Some(token) = signed_in.id_token.as_deref() else {
+        return;
+    };
+    let extra = extra_claims(token);
+    quirks::fill_identity(
+        &mut signed_in.identity,
+        &extra,
+        settings.quirks,
+        &settings.email_fallback,
+    );
 }
 
 /// Fills claims the ID token left out from the userinfo endpoint. A `sub`

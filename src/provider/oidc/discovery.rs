@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use openidconnect::core::{CoreClient, CoreJsonWebKeySet, CoreJwsSigningAlgorithm};
 use openidconnect::{
-    AuthType, ClientId, ClientSecret, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl,
+    AuthType, ClientId, ClientSecret, EndpointMaybeSet, EndpointNotSet, EndpointSet,
     JsonWebKeySetUrl, ProviderMetadataWithLogout, RedirectUrl, TokenUrl,
 };
 
 use super::Settings;
 use super::http::{Http, HttpError};
-use super::keys::KeySet;
+use super::keys::{KeySet, Trust};
+use super::quirks::IssuerRule;
 use crate::provider::ProviderError;
 
 /// The client as discovery leaves it: auth URL set, token and userinfo URLs maybe.
@@ -41,6 +42,8 @@ pub struct Loaded {
     /// Present when `CT_SSO_TOKEN_ENDPT` is set.
     pub refresh_client: Option<RefreshClient>,
     pub keys: KeySet,
+    /// How `iss` is checked (exactly, or Entra's multi-tenant template).
+    pub issuer: IssuerRule,
     /// Asymmetric algorithms the provider publishes (never `none`, never HS*).
     pub algorithms: Vec<CoreJwsSigningAlgorithm>,
     pub end_session: Option<String>,
@@ -63,31 +66,42 @@ fn asymmetric(alg: &CoreJwsSigningAlgorithm) -> bool {
     )
 }
 
-/// Fetches and checks the discovery document and keys.
+/// Fetches and checks the discovery document and keys. The document is
+/// read here rather than by openidconnect so that its issuer can be checked
+/// by [`IssuerRule`] (Entra's multi-tenant template, Auth0's trailing slash)
+/// and its size is bounded.
 pub async fn discover(
     settings: &Settings,
     http: &Http,
     redirect_uri: &str,
 ) -> Result<Loaded, ProviderError> {
-    let issuer =
-        IssuerUrl::new(settings.issuer_str()).map_err(|e| ProviderError::Config(e.to_string()))?;
-    let metadata = ProviderMetadataWithLogout::discover_async(issuer, http)
-        .await
-        .map_err(|e| {
-            use openidconnect::DiscoveryError as D;
-            match e {
-                D::Request(e) => ProviderError::Unreachable(e.to_string()),
-                D::Response(status, _, _) => {
-                    ProviderError::BadResponse(format!("discovery answered HTTP {status}"))
-                }
-                D::Parse(_) => ProviderError::BadResponse(
-                    "the discovery document is not valid JSON metadata".into(),
-                ),
-                D::Validation(msg) => ProviderError::BadResponse(msg),
-                other => ProviderError::BadResponse(other.to_string()),
-            }
-        })?;
-    build(settings, metadata, redirect_uri)
+    let configured = settings.issuer_str();
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        configured.trim_end_matches('/')
+    );
+    let (status, body) = http.get(&url).await.map_err(|e| match e {
+        HttpError::TooLarge => ProviderError::BadResponse(format!("discovery: {e}")),
+        HttpError::Transport(e) => ProviderError::Unreachable(e),
+    })?;
+    if !status.is_success() {
+        return Err(ProviderError::BadResponse(format!(
+            "discovery answered HTTP {status}"
+        )));
+    }
+    let metadata: ProviderMetadataWithLogout = serde_json::from_slice(&body).map_err(|e| {
+        ProviderError::BadResponse(format!(
+            "the discovery document is not valid OpenID provider metadata ({})",
+            serde_error(&e)
+        ))
+    })?;
+    let jwks = fetch_jwks(http, metadata.jwks_uri()).await?;
+    build(settings, metadata.set_jwks(jwks), redirect_uri)
+}
+
+/// Where a JSON document broke, without echoing its content.
+fn serde_error(e: &serde_json::Error) -> String {
+    format!("line {} column {}", e.line(), e.column())
 }
 
 /// Re-reads only the key set (after an unknown `kid`), keeping the rest.
@@ -126,9 +140,18 @@ fn build(
 ) -> Result<Loaded, ProviderError> {
     let jwks_json = serde_json::to_value(metadata.jwks())
         .map_err(|e| ProviderError::BadResponse(e.to_string()))?;
+    let issuer = IssuerRule::for_discovery(
+        &settings.issuer_str(),
+        metadata.issuer().as_str(),
+        settings.quirks,
+    )
+    .map_err(ProviderError::BadResponse)?;
     let keys = KeySet::from_jwks(
         &jwks_json,
-        metadata.issuer().as_str(),
+        Trust {
+            issuer: issuer.clone(),
+            allowed_tenants: settings.allowed_tenants.clone(),
+        },
         &settings.client_id,
         settings.leeway,
     );
@@ -168,6 +191,7 @@ fn build(
         client,
         refresh_client,
         keys,
+        issuer,
         algorithms,
         end_session,
         has_userinfo,

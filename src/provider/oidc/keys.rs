@@ -14,8 +14,45 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use super::quirks::{self, IssuerRule};
 use crate::identity::Identity;
 use crate::provider::Bearer;
+
+/// Whose tokens are accepted: the issuer rule and the tenants allowed.
+#[derive(Clone, Debug)]
+pub struct Trust {
+    pub issuer: IssuerRule,
+    /// Entra tenant ids (`tid`); empty accepts any.
+    pub allowed_tenants: Vec<String>,
+}
+
+impl Trust {
+    /// Whether the issuer and tenant checks need the token's `iss` and `tid`
+    /// after decoding (jsonwebtoken checks an exact issuer by itself).
+    fn checks_after_decode(&self) -> bool {
+        self.issuer.is_template() || !self.allowed_tenants.is_empty()
+    }
+
+    fn accepts(&self, iss: &str, tid: Option<&str>) -> Result<(), KeyError> {
+        if !self.issuer.accepts(iss, tid) {
+            return Err(KeyError::Invalid("wrong issuer".into()));
+        }
+        if !quirks::tenant_allowed(&self.allowed_tenants, tid) {
+            return Err(KeyError::Invalid("tenant not allowed".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A token's claims with the `iss` and `tid` that [`Trust`] checks.
+#[derive(Deserialize)]
+struct Issued<T> {
+    iss: String,
+    #[serde(default)]
+    tid: Option<String>,
+    #[serde(flatten)]
+    rest: T,
+}
 
 /// Keys tried for a token that names none.
 const MAX_KEYS_WITHOUT_KID: usize = 8;
@@ -32,6 +69,7 @@ struct Entry {
 pub struct KeySet {
     entries: Vec<Entry>,
     validations: HashMap<Algorithm, Validation>,
+    trust: Trust,
 }
 
 #[derive(Deserialize)]
@@ -75,7 +113,7 @@ impl KeySet {
     /// encryption only, or unparsable are skipped.
     pub fn from_jwks(
         jwks: &serde_json::Value,
-        issuer: &str,
+        trust: Trust,
         client_id: &str,
         leeway: Duration,
     ) -> Self {
@@ -113,7 +151,9 @@ impl KeySet {
         for alg in entries.iter().flat_map(|e| e.algorithms.iter().copied()) {
             validations.entry(alg).or_insert_with(|| {
                 let mut v = Validation::new(alg);
-                v.set_issuer(&[issuer]);
+                if let IssuerRule::Exact(issuer) = &trust.issuer {
+                    v.set_issuer(&[issuer]);
+                }
                 v.set_audience(&[client_id]);
                 v.leeway = leeway.as_secs();
                 v.validate_nbf = true;
@@ -124,6 +164,7 @@ impl KeySet {
         Self {
             entries,
             validations,
+            trust,
         }
     }
 
@@ -157,8 +198,22 @@ impl KeySet {
     }
 
     /// Checks a token's signature with the matching published key, then the
-    /// claims `validation_for(alg)` asks for; `None` refuses the algorithm.
+    /// claims `validation_for(alg)` asks for (`None` refuses the algorithm),
+    /// then the issuer and tenant of [`Trust`].
     pub fn decode<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        validation_for: impl Fn(Algorithm) -> Option<Validation>,
+    ) -> Result<T, KeyError> {
+        if self.trust.checks_after_decode() {
+            let issued: Issued<T> = self.decode_signed(token, validation_for)?;
+            self.trust.accepts(&issued.iss, issued.tid.as_deref())?;
+            return Ok(issued.rest);
+        }
+        self.decode_signed(token, validation_for)
+    }
+
+    fn decode_signed<T: DeserializeOwned>(
         &self,
         token: &str,
         validation_for: impl Fn(Algorithm) -> Option<Validation>,

@@ -9,6 +9,7 @@ mod providers;
 mod providers_smoke;
 mod proxy;
 mod refresh;
+mod rp_negatives;
 mod session;
 mod signin;
 mod signout;

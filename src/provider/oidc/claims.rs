@@ -13,6 +13,7 @@ use openidconnect::{
 
 use super::Settings;
 use super::discovery::Loaded;
+use super::http::HttpError;
 use super::quirks::{self, Extra};
 use crate::identity::Identity;
 use crate::provider::{ProviderError, SignedIn};
@@ -21,20 +22,22 @@ use crate::provider::{ProviderError, SignedIn};
 pub const UNKNOWN_KEY: &str = "signed with an unknown key";
 
 /// Maps a token-endpoint failure to what the user and operator should see.
-pub fn token_error<RE: std::error::Error + 'static>(
-    e: RequestTokenError<RE, StandardErrorResponse<CoreErrorResponseType>>,
+pub fn token_error(
+    e: RequestTokenError<HttpError, StandardErrorResponse<CoreErrorResponseType>>,
 ) -> ProviderError {
     match e {
         RequestTokenError::ServerResponse(r) => match r.error() {
             CoreErrorResponseType::InvalidGrant => ProviderError::InvalidGrant,
             other => ProviderError::Denied(format!("token endpoint error {}", other.as_ref())),
         },
+        RequestTokenError::Request(HttpError::TooLarge) => ProviderError::BadResponse(format!(
+            "the token endpoint's answer is larger than {} KiB",
+            super::http::MAX_BODY / 1024
+        )),
         RequestTokenError::Request(e) => ProviderError::Unreachable(e.to_string()),
-        RequestTokenError::Parse(_, _) => ProviderError::BadResponse(
+        // `Other` is what oauth2 reports for a 200 that is not JSON.
+        RequestTokenError::Parse(_, _) | RequestTokenError::Other(_) => ProviderError::BadResponse(
             "the token endpoint did not answer a JSON token response".into(),
-        ),
-        RequestTokenError::Other(_) => ProviderError::BadResponse(
-            "the token endpoint answered an error without a usable body".into(),
         ),
     }
 }
@@ -155,10 +158,24 @@ pub fn validate(
             preferred_username: claims.preferred_username().map(|u| u.as_str().to_string()),
         },
         sid: extra.sid,
-        expires_at: u64::try_from(claims.expiration().timestamp()).unwrap_or(0),
+        expires_at: session_expiry(claims.expiration().timestamp(), settings.leeway),
         refresh_token: None,
         id_token: Some(compact),
     })
+}
+
+/// When a session made from a token expiring at `exp` ends: then, or, for
+/// a token accepted only thanks to the leeway (its `exp` already past on
+/// this clock), when that leeway runs out, so the sign-in it allowed is
+/// not a session that is over before it starts.
+fn session_expiry(exp: i64, leeway: std::time::Duration) -> u64 {
+    let exp = u64::try_from(exp).unwrap_or(0);
+    let now = crate::clock::now();
+    if exp <= now {
+        exp.saturating_add(leeway.as_secs())
+    } else {
+        exp
+    }
 }
 
 /// Completes the identity from provider-specific claims of the ID token

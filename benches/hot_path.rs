@@ -134,6 +134,7 @@ fn headers(c: &mut Criterion) {
                         host: &host,
                         identity: Some(&identity),
                         upgrade: false,
+                        trusted_peer: false,
                     },
                 );
                 h

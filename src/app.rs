@@ -72,16 +72,24 @@ impl App {
             &config.upstream_url,
             &config.server_url,
             config.upstream_ca_pem.as_deref(),
+            crate::proxy::ClientPolicy {
+                body_idle_timeout: config.limits.body_idle_timeout,
+                trusted_proxies: config.trusted_proxies.clone(),
+            },
         )?;
         let state = State {
             registry: Registry::new(options),
-            store: Arc::new(CookieStore::new(sealer.clone(), names.clone())),
-            login_states: LoginStates::new(sealer, names),
+            store: Arc::new(
+                CookieStore::new(sealer.clone(), names.clone())
+                    .with_max_revocations(config.limits.max_revocations),
+            ),
+            login_states: LoginStates::new(sealer, names)
+                .with_max_per_browser(config.limits.max_login_states),
             proxy,
             origin: config.origin(),
             policy: config.session.into(),
             grace: config.session.refresh_grace.as_secs(),
-            refreshes: SingleFlight::default(),
+            refreshes: SingleFlight::new(config.limits.max_refreshes),
             live: Arc::new(Live::default()),
             config,
         };
@@ -102,6 +110,8 @@ impl App {
         let settings = server::Settings {
             header_read_timeout: self.state.config.header_read_timeout,
             shutdown_grace: self.state.config.shutdown_grace,
+            max_header_bytes: self.state.config.limits.max_header_bytes,
+            max_connections: self.state.config.limits.max_connections,
         };
         if let Ok(addr) = self.listener.local_addr() {
             tracing::info!(%addr, tls = self.tls.is_some(), upstream = %self.state.config.upstream_url, "ssogate serving");

@@ -7,6 +7,7 @@
 
 mod env;
 mod files;
+mod limits;
 mod secret;
 mod validate;
 
@@ -15,6 +16,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use url::Url;
+
+pub use limits::Limits;
 
 pub use secret::Secret;
 
@@ -56,6 +59,9 @@ pub struct Config {
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
     pub session: SessionPolicy,
+    pub limits: Limits,
+    /// `CT_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is kept and appended to.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Things worth a warning at startup (plain http on loopback, generated
     /// cookie secret, authentication switched off).
     pub warnings: Vec<String>,

@@ -12,6 +12,7 @@ pub mod gate;
 pub mod identity;
 pub mod lifecycle;
 pub mod live;
+pub mod path;
 pub mod provider;
 pub mod proxy;
 pub mod respond;

@@ -1,5 +1,6 @@
 //! The `ssogate` binary: read configuration, start telemetry, serve until a
 //! signal, drain. `ssogate check-config` validates and reaches the provider.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

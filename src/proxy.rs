@@ -3,6 +3,7 @@
 
 pub mod cutoff;
 pub mod headers;
+pub mod idle;
 pub mod upgrade;
 
 use std::net::IpAddr;
@@ -25,6 +26,8 @@ use crate::respond::{self, Body};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const POOL_IDLE: Duration = Duration::from_secs(60);
+/// Answers longer than this are tied to their session like streams.
+const LONG_BODY_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -44,6 +47,16 @@ pub struct Proxy {
     base_path: String,
     proto: HeaderValue,
     public_host: HeaderValue,
+    /// `CT_BODY_IDLE_TIMEOUT`.
+    body_idle_timeout: Duration,
+    /// `CT_TRUSTED_PROXIES`.
+    trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// How the proxy treats clients (from the configuration).
+pub struct ClientPolicy {
+    pub body_idle_timeout: Duration,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// What the router tells the proxy about one request.
@@ -57,6 +70,7 @@ impl Proxy {
         upstream: &Url,
         server_url: &Url,
         extra_roots: Option<&[u8]>,
+        clients: ClientPolicy,
     ) -> Result<Self, ProxyError> {
         let uri: Uri = upstream.as_str().parse().map_err(|_| ProxyError::Uri)?;
         let scheme = uri.scheme().cloned().ok_or(ProxyError::Uri)?;
@@ -109,6 +123,8 @@ impl Proxy {
                 "http"
             }),
             public_host: HeaderValue::from_str(&public_host).map_err(|_| ProxyError::Uri)?,
+            body_idle_timeout: clients.body_idle_timeout,
+            trusted_proxies: clients.trusted_proxies,
         })
     }
 
@@ -133,8 +149,9 @@ impl Proxy {
     }
 
     /// Forwards an authenticated request; the caller has checked everything.
-    /// `guard` is asked for only when the answer is a WebSocket or a streamed
-    /// body (no `Content-Length`): that connection then ends when it fires.
+    /// `guard` is asked for only when the answer is a WebSocket, a streamed
+    /// body (no `Content-Length`) or a long one: that connection then ends
+    /// when it fires.
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
@@ -155,12 +172,16 @@ impl Proxy {
                 host: &self.public_host,
                 identity: fwd.identity,
                 upgrade: is_upgrade,
+                trusted_peer: !self.trusted_proxies.is_empty()
+                    && self.trusted_proxies.iter().any(|n| n.contains(&fwd.peer)),
             },
         );
         let body = if is_upgrade {
             respond::empty()
-        } else {
+        } else if http_body::Body::is_end_stream(&body) {
             body.map_err(Into::into).boxed_unsync()
+        } else {
+            idle::Idle::new(body, self.body_idle_timeout).boxed_unsync()
         };
         let mut resp = self
             .client
@@ -176,9 +197,15 @@ impl Proxy {
         }
         let (mut parts, body) = resp.into_parts();
         headers::from_upstream(&mut parts.headers, false);
-        let streamed = !head
-            && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
-            && !matches!(parts.status.as_u16(), 100..=199 | 204 | 304);
+        // Long answers follow the session: streams of unknown length and
+        // large downloads. Small ones finish long before a session could end
+        // and skip the cost of a lease.
+        let long = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_none_or(|n| n > LONG_BODY_BYTES);
+        let streamed = !head && long && !matches!(parts.status.as_u16(), 100..=199 | 204 | 304);
         let body = match streamed.then(guard).flatten() {
             Some(guard) => Cutoff::new(body, guard).boxed_unsync(),
             None => body.map_err(Into::into).boxed_unsync(),

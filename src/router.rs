@@ -2,6 +2,7 @@
 //! through the gate decision to the proxy. It never returns an error to
 //! hyper; every failure is a response.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -75,9 +76,22 @@ enum Tie {
     },
 }
 
-async fn route(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn route(state: &Arc<State>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    // One normal form for every decision below and for the upstream.
+    match crate::path::normalise(req.uri().path()) {
+        Ok(Cow::Borrowed(_)) => {}
+        Ok(Cow::Owned(normal)) => match with_path(req.uri(), &normal) {
+            Some(uri) => *req.uri_mut() = uri,
+            None => return bad_path(&req, "the path cannot be used"),
+        },
+        Err(e) => return bad_path(&req, &e.to_string()),
+    }
     if is_gate_path(req.uri().path()) {
         return routes::handle(state, req).await;
+    }
+    if crate::path::is_reserved(req.uri().path()) {
+        // `/SSO/…`, `/sso./…`: the gate's prefix in another spelling.
+        return Failure::NotFound.respond(respond::wants_html(req.headers()));
     }
     if state.registry.is_empty() {
         // Only reachable with CT_ALLOW_UNAUTHENTICATED=true (validation refuses otherwise).
@@ -153,6 +167,20 @@ async fn with_session(
     }
 }
 
+/// The request's URI with `path` (already normal) and its query, as origin-form.
+fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    http::Uri::builder().path_and_query(pq).build().ok()
+}
+
+fn bad_path(req: &Request<Incoming>, why: &str) -> Response<Body> {
+    tracing::debug!(reason = why, "request refused: unusable path");
+    Failure::BadRequest(format!("{why}.")).respond(respond::wants_html(req.headers()))
+}
+
 /// 302 to sign in, or 401.
 fn challenge(decision: &Decision, uri: &http::Uri) -> Response<Body> {
     match decision {
@@ -191,7 +219,7 @@ async fn forward(
         .forward(
             req,
             Forward {
-                peer: peer.ip(),
+                peer: peer.ip().to_canonical(),
                 identity,
             },
             guard,

@@ -14,19 +14,23 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use self::first_bytes::FirstBytes;
 use crate::router::{self, State};
 
-/// Largest request head (request line and headers) accepted over HTTP/1.1.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Headers accepted in one HTTP/1.1 request (431 beyond).
 const MAX_HEADERS: usize = 128;
 const MAX_H2_STREAMS: u32 = 256;
 
 pub struct Settings {
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// `CT_MAX_HEADER_BYTES`: largest request head (request line and headers).
+    pub max_header_bytes: usize,
+    /// `CT_MAX_CONNECTIONS`: open client connections at most.
+    pub max_connections: usize,
 }
 
 fn builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
@@ -34,14 +38,14 @@ fn builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(MAX_HEAD_BYTES)
+        .max_buf_size(settings.max_header_bytes)
         .max_headers(MAX_HEADERS);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_H2_STREAMS)
         .max_pending_accept_reset_streams(Some(64))
         .max_local_error_reset_streams(Some(256))
-        .max_header_list_size(u32::try_from(MAX_HEAD_BYTES).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
     b
 }
 
@@ -55,6 +59,8 @@ pub async fn serve(
 ) {
     let builder = Arc::new(builder(&settings));
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let mut refused: u64 = 0;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -69,6 +75,20 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Over the limit the connection is closed at once: queueing it would
+        // let a flood of idle connections starve everyone else.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    max = settings.max_connections,
+                    refused,
+                    "connection limit reached (CT_MAX_CONNECTIONS); closing new connections"
+                );
+            }
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let builder = builder.clone();
@@ -78,6 +98,7 @@ pub async fn serve(
         // (hyper's HTTP/1 header timer only starts once the protocol is known).
         let handshake_timeout = settings.header_read_timeout;
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| router::handle(state.clone(), req, peer));
             match tls {
                 Some(acceptor) => {

@@ -5,6 +5,7 @@ mod config;
 mod health;
 mod login;
 mod logout;
+mod logs;
 mod providers;
 mod providers_smoke;
 mod proxy;

@@ -30,6 +30,13 @@ pub(super) struct Raw {
     pub ct_sso_refresh_skew: Option<String>,
     pub ct_sso_refresh_grace: Option<String>,
     pub ct_session_max_age: Option<String>,
+    pub ct_trusted_proxies: Option<String>,
+    pub ct_max_connections: Option<String>,
+    pub ct_max_header_bytes: Option<String>,
+    pub ct_body_idle_timeout: Option<String>,
+    pub ct_max_login_states: Option<String>,
+    pub ct_max_refreshes: Option<String>,
+    pub ct_max_revocations: Option<String>,
     pub ct_sso_allowed_tenants: Option<String>,
     pub ct_sso_email_fallback: Option<String>,
     /// `CT_SSO_*` names this gate does not know (likely typos), for a warning.

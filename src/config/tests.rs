@@ -184,6 +184,26 @@ fn each_bad_setting_is_named_in_one_line() {
             "CT_SSO_AUTHORIZATION_ENDPT: is not set, so nobody could sign in",
         ),
         (
+            with(good(), "CT_TRUSTED_PROXIES", "10.0.0.0/8,not-a-net"),
+            "CT_TRUSTED_PROXIES: `not-a-net` is not an address or CIDR",
+        ),
+        (
+            with(good(), "CT_MAX_CONNECTIONS", "0"),
+            "CT_MAX_CONNECTIONS: must be a whole number from 1 to 1000000",
+        ),
+        (
+            with(good(), "CT_MAX_HEADER_BYTES", "1024"),
+            "CT_MAX_HEADER_BYTES: must be a whole number from 8192 to 1048576",
+        ),
+        (
+            with(good(), "CT_MAX_LOGIN_STATES", "many"),
+            "CT_MAX_LOGIN_STATES: must be a whole number from 1 to 16",
+        ),
+        (
+            with(good(), "CT_BODY_IDLE_TIMEOUT", "soon"),
+            "CT_BODY_IDLE_TIMEOUT: is not a duration",
+        ),
+        (
             with(good(), "CT_SSO_ALLOWED_TENANTS", "contoso/../x"),
             "CT_SSO_ALLOWED_TENANTS: `contoso/../x` is not a tenant id",
         ),
@@ -383,4 +403,36 @@ fn tenant_and_email_fallback_lists_are_trimmed() {
         ]
     );
     assert_eq!(s.email_fallback, ["upn", "preferred_username"]);
+}
+
+#[test]
+fn limits_and_trusted_proxies_have_safe_defaults_and_can_be_set() {
+    let config = run(good()).expect("valid");
+    assert_eq!(config.limits, Limits::default());
+    assert!(
+        config.trusted_proxies.is_empty(),
+        "no proxy is trusted by default"
+    );
+    let pairs = with(
+        with(
+            with(
+                good(),
+                "CT_TRUSTED_PROXIES",
+                "10.0.0.0/8, 192.168.1.7 fd00::/8",
+            ),
+            "CT_MAX_CONNECTIONS",
+            "50_000",
+        ),
+        "CT_BODY_IDLE_TIMEOUT",
+        "2m",
+    );
+    let config = run(pairs).expect("valid");
+    let nets: Vec<String> = config
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "192.168.1.7/32", "fd00::/8"]);
+    assert_eq!(config.limits.max_connections, 50_000);
+    assert_eq!(config.limits.body_idle_timeout, Duration::from_secs(120));
 }

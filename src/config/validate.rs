@@ -20,10 +20,10 @@ const DEFAULT_SCOPES: &str = "openid profile offline_access";
 /// Shortest acceptable cookie key, in bytes.
 pub(crate) const MIN_KEY_BYTES: usize = 32;
 
-struct Problems(Vec<ConfigError>);
+pub(super) struct Problems(Vec<ConfigError>);
 
 impl Problems {
-    fn add(&mut self, var: &'static str, problem: impl Into<String>) {
+    pub(super) fn add(&mut self, var: &'static str, problem: impl Into<String>) {
         self.0.push(ConfigError {
             var,
             problem: problem.into(),
@@ -55,6 +55,14 @@ pub(super) fn validate(raw: Raw, fs: &dyn Files) -> Result<Config, ConfigErrors>
         }
         Some(v) => upstream_url(v, &mut p),
     };
+    if upstream_url
+        .as_ref()
+        .is_some_and(|u| u.scheme() == "http" && !is_loopback(u))
+    {
+        warnings.push(
+            "CT_UPSTREAM_URL uses plain http to a host other than loopback: identity headers cross the network unencrypted, and anyone who can reach the upstream can forge them; keep the upstream on the pod's loopback or behind a NetworkPolicy, or use https".into(),
+        );
+    }
     let upstream_ca_pem = raw
         .ct_upstream_ca_file
         .as_deref()
@@ -134,6 +142,9 @@ pub(super) fn validate(raw: Raw, fs: &dyn Files) -> Result<Config, ConfigErrors>
         p.add("CT_SESSION_MAX_AGE", "must be at least 60s");
     }
 
+    let limits = super::limits::limits(&raw, &mut p);
+    let trusted_proxies = super::limits::trusted_proxies(raw.ct_trusted_proxies.as_deref(), &mut p);
+
     let mut login_options = Vec::new();
     if raw.ct_sso_authorization_endpt.is_some() {
         if let Some(settings) = oidc_settings(&raw, fs, &mut p, &mut warnings) {
@@ -171,6 +182,8 @@ pub(super) fn validate(raw: Raw, fs: &dyn Files) -> Result<Config, ConfigErrors>
             header_read_timeout,
             shutdown_grace,
             session,
+            limits,
+            trusted_proxies,
             warnings,
         }),
         _ => Err(ConfigErrors(p.0)),
@@ -414,7 +427,12 @@ pub(crate) fn parse_duration(v: &str) -> Option<Duration> {
         .or_else(|| humantime::parse_duration(v).ok())
 }
 
-fn duration(v: Option<&str>, var: &'static str, default: Duration, p: &mut Problems) -> Duration {
+pub(super) fn duration(
+    v: Option<&str>,
+    var: &'static str,
+    default: Duration,
+    p: &mut Problems,
+) -> Duration {
     match v {
         None => default,
         Some(v) => parse_duration(v).unwrap_or_else(|| {

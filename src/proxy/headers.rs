@@ -36,6 +36,9 @@ pub struct Outbound<'a> {
     pub host: &'a HeaderValue,
     pub identity: Option<&'a Identity>,
     pub upgrade: bool,
+    /// The peer is in `CT_TRUSTED_PROXIES`: keep the client's
+    /// `X-Forwarded-For` and append the peer, instead of replacing it.
+    pub trusted_peer: bool,
 }
 
 /// A header name the gate owns, in any spelling: `X-Forwarded-*`,
@@ -87,6 +90,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// Prepares a request's headers for the upstream.
 pub fn to_upstream(headers: &mut HeaderMap, out: &Outbound<'_>) {
     strip_hop_by_hop(headers, out.upgrade);
+    let chain = out.trusted_peer.then(|| forwarded_chain(headers)).flatten();
     let owned: Vec<HeaderName> = headers
         .keys()
         .filter(|n| is_owned(n.as_str()))
@@ -96,7 +100,12 @@ pub fn to_upstream(headers: &mut HeaderMap, out: &Outbound<'_>) {
         headers.remove(name);
     }
     strip_gate_cookies(headers);
-    if let Ok(v) = HeaderValue::from_str(&out.peer.to_string()) {
+    let peer = out.peer.to_string();
+    let xff = match chain {
+        Some(chain) => HeaderValue::from_str(&format!("{chain}, {peer}")),
+        None => HeaderValue::from_str(&peer),
+    };
+    if let Ok(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, out.proto.clone());
@@ -105,6 +114,18 @@ pub fn to_upstream(headers: &mut HeaderMap, out: &Outbound<'_>) {
     if let Some(identity) = out.identity {
         identity.insert_headers(headers);
     }
+}
+
+/// A trusted proxy's `X-Forwarded-For` (all its lines, joined), if it is
+/// plain printable ASCII; anything else is dropped as if untrusted.
+fn forwarded_chain(headers: &HeaderMap) -> Option<String> {
+    let parts: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .map(|v| v.to_str().ok().map(str::trim))
+        .collect::<Option<Vec<_>>>()?;
+    let chain = parts.join(", ");
+    (!chain.is_empty() && chain.len() <= 1024).then_some(chain)
 }
 
 /// Removes the gate's cookies and joins what is left into one `Cookie`

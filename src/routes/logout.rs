@@ -16,6 +16,7 @@ pub fn logout(state: &State, req: &Request<Incoming>) -> Response<Body> {
     let Some(session) = session else {
         return with_cookies(signed_out(), cookies);
     };
+    tracing::Span::current().record("sub", session.identity.sub.as_str());
     // Sign-out holds: a copy of the cookie replayed later is refused until
     // it would have expired anyway, and live connections close now.
     let now = crate::clock::now();

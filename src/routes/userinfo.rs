@@ -41,6 +41,9 @@ pub async fn userinfo(state: &State, req: &Request<Incoming>) -> Response<Body> 
             None => None,
         },
     };
+    if let Some((id, _)) = &found {
+        tracing::Span::current().record("sub", id.sub.as_str());
+    }
     let resp = match found {
         Some((id, expires_at)) => respond::json(
             StatusCode::OK,

@@ -31,6 +31,12 @@ impl CookieStore {
         }
     }
 
+    /// Keeps at most `n` revocations (the list is empty, so replace it).
+    pub fn with_max_revocations(mut self, n: usize) -> Self {
+        self.revoked = Arc::new(Revocations::new(n));
+        self
+    }
+
     fn open(&self, sealed: &str) -> Option<Session> {
         let plain = self.sealer.open(self.names.session(), sealed)?;
         serde_json::from_slice(&plain)

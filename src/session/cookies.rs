@@ -2,8 +2,11 @@
 //!
 //! Names are fixed per deployment: on https the session cookie is
 //! `__Host-ssogate` (its parts `__Host-ssogate_1of3` …) and sign-in state
-//! cookies are `__Secure-ssogate-login-<id>`; on plain http (loopback only)
-//! the prefixes are dropped, as browsers require.
+//! cookies are `__Host-ssogate-login-<id>` (`__Host-`, so a sibling
+//! subdomain cannot plant one: login CSRF); on plain http (loopback only)
+//! the prefixes are dropped, as browsers require. Sign-in state cookies of
+//! earlier versions (`__Secure-ssogate-login-…`) are still recognised as
+//! the gate's and never forwarded.
 
 use cookie::{Cookie, SameSite};
 use http::{HeaderMap, HeaderValue, header};
@@ -33,7 +36,7 @@ impl CookieNames {
             Self {
                 secure,
                 session: "__Host-ssogate",
-                login_prefix: "__Secure-ssogate-login-",
+                login_prefix: "__Host-ssogate-login-",
             }
         } else {
             Self {
@@ -57,7 +60,10 @@ impl CookieNames {
     /// upstream. Application cookies that merely start with `ssogate` pass.
     pub fn is_ours(pair_or_name: &str) -> bool {
         let name = pair_or_name.split('=').next().unwrap_or_default().trim();
-        if name.starts_with("__Secure-ssogate-login-") || name.starts_with("ssogate-login-") {
+        if name.starts_with("__Host-ssogate-login-")
+            || name.starts_with("__Secure-ssogate-login-")
+            || name.starts_with("ssogate-login-")
+        {
             return true;
         }
         match name
@@ -209,6 +215,7 @@ mod tests {
             "__Host-ssogate",
             "__Host-ssogate_1of2",
             "__Secure-ssogate-login-abc",
+            "__Host-ssogate-login-abc",
             "ssogate",
             "ssogate-login-x",
         ] {

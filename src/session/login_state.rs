@@ -14,9 +14,12 @@ use super::cookies::{CookieNames, request_cookies};
 
 /// How long a sign-in may take, in seconds.
 pub const TTL_SECS: u64 = 600;
-/// Sign-ins one browser may have under way at once.
+/// Sign-ins one browser may have under way at once, by default
+/// (`CT_MAX_LOGIN_STATES`).
 pub const MAX_PER_BROWSER: usize = 4;
-const PATH: &str = "/sso/";
+/// `/`, as the `__Host-` prefix requires; the cookies are stripped before
+/// forwarding like every cookie of the gate.
+const PATH: &str = "/";
 /// Characters of the state that name its cookie.
 const NAME_CHARS: usize = 16;
 
@@ -55,11 +58,22 @@ pub enum LoginStateError {
 pub struct LoginStates {
     sealer: Arc<Sealer>,
     names: CookieNames,
+    max_per_browser: usize,
 }
 
 impl LoginStates {
     pub fn new(sealer: Arc<Sealer>, names: CookieNames) -> Self {
-        Self { sealer, names }
+        Self {
+            sealer,
+            names,
+            max_per_browser: MAX_PER_BROWSER,
+        }
+    }
+
+    /// At most `n` sign-ins under way per browser (at least one).
+    pub fn with_max_per_browser(mut self, n: usize) -> Self {
+        self.max_per_browser = n.max(1);
+        self
     }
 
     fn cookie_name(&self, state: &str) -> Option<String> {
@@ -94,7 +108,7 @@ impl LoginStates {
         {
             match self.open(n, v) {
                 Some(old)
-                    if old.created_at + TTL_SECS > now && live.len() < 4 * MAX_PER_BROWSER =>
+                    if old.created_at + TTL_SECS > now && live.len() < 4 * self.max_per_browser =>
                 {
                     live.push((old.created_at, n))
                 }
@@ -102,7 +116,7 @@ impl LoginStates {
             }
         }
         live.sort_unstable();
-        let surplus = (live.len() + 1).saturating_sub(MAX_PER_BROWSER);
+        let surplus = (live.len() + 1).saturating_sub(self.max_per_browser);
         for (_, n) in live.iter().take(surplus) {
             out.extend(self.names.remove(n, PATH));
         }

@@ -137,11 +137,21 @@ impl Served {
     /// answers 200 through `client`.
     pub async fn start(
         dir: &Path,
+        env: Vec<(String, String)>,
+        tls: bool,
+        client: &reqwest::Client,
+    ) -> Served {
+        Self::start_on(free_port(), dir, env, tls, client).await
+    }
+
+    /// The same on a port the caller chose (to register its URL at a provider first).
+    pub async fn start_on(
+        port: u16,
+        dir: &Path,
         mut env: Vec<(String, String)>,
         tls: bool,
         client: &reqwest::Client,
     ) -> Served {
-        let port = free_port();
         let url = format!("{}://localhost:{port}", if tls { "https" } else { "http" });
         env.retain(|(k, _)| k != "CT_LISTEN_ADDR" && k != "CT_SERVER_URL");
         env.push(("CT_LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
@@ -185,7 +195,7 @@ impl Served {
         self.output.lock().unwrap().join("\n")
     }
 
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id().expect("the ssogate process is running")
     }
 
@@ -355,4 +365,69 @@ async fn an_unknown_argument_prints_usage_and_exits_non_zero() {
     assert_ne!(r.code, Some(0));
     assert!(r.stderr.contains("usage: ssogate"), "{r:?}");
     r.assert_no_crash();
+}
+
+/// The resident memory of process `pid`, in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// A 1 GiB upload passes the real binary to the upstream in constant
+/// memory: the gate's resident memory is sampled throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_gib_upload_passes_through_in_constant_memory() {
+    const BLOCK: usize = 1 << 20;
+    const BLOCKS: usize = 1024;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let gate = Served::start(dir.path(), unauthenticated(&upstream.url), false, &client).await;
+    let pid = gate.pid();
+    let start = rss_kib(pid);
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(start));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        tokio::spawn(async move {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let block = bytes::Bytes::from(vec![0x5au8; BLOCK]);
+    let body = futures_util::stream::iter(
+        (0..BLOCKS).map(move |_| Ok::<_, std::io::Error>(block.clone())),
+    );
+    let resp = client
+        .post(gate.url("/upload"))
+        .header("accept", "application/json")
+        .timeout(Duration::from_secs(300))
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    sampler.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let got: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(got["bytes"], (BLOCK * BLOCKS) as u64, "{got}");
+    let grew = peak
+        .load(std::sync::atomic::Ordering::SeqCst)
+        .saturating_sub(start);
+    eprintln!("gate RSS: {start} KiB at start, grew by at most {grew} KiB during a 1 GiB upload");
+    assert!(
+        grew < 48 * 1024,
+        "the gate's memory grew by {grew} KiB during a 1 GiB upload (start {start} KiB)"
+    );
 }

@@ -548,3 +548,37 @@ async fn clock_skew_within_the_default_leeway_still_signs_in() {
     });
     rig.assert_signs_in("/exp-behind", "alice").await;
 }
+
+/// A flood of bearer tokens naming unknown key ids costs the provider at
+/// most one key-set fetch per reload interval, and each is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unknown_key_ids_fetches_the_keys_once() {
+    let rig = Rig::start().await;
+    let before = rig.idp.jwks_fetches();
+    let client = api_client(&rig.pki);
+    let now = now();
+    let calls = (0..30).map(|i| {
+        let header = json!({ "alg": "RS256", "kid": format!("forged-{i}") });
+        let claims = json!({
+            "iss": rig.idp.issuer, "aud": CLIENT_ID, "sub": "mallory",
+            "iat": now, "exp": now + 600,
+        });
+        let (Value::Object(header), Value::Object(claims)) = (header, claims) else {
+            unreachable!()
+        };
+        let token = rig.idp.sign_jwt(&header, &claims, &SigningKey::Rsa2);
+        client
+            .get(rig.gate.url("/api/data"))
+            .bearer_auth(token)
+            .send()
+    });
+    for resp in futures_util::future::join_all(calls).await {
+        assert_eq!(resp.unwrap().status(), 401);
+    }
+    assert_eq!(
+        rig.idp.jwks_fetches() - before,
+        1,
+        "30 unknown kids within the reload interval: one fetch"
+    );
+    assert!(rig.upstream.requests().is_empty());
+}

@@ -217,7 +217,8 @@ async fn application_cookies_pass_and_the_gates_never_do() {
 
     // Gate-named cookies the jar happens to hold are stripped as well.
     b.set_cookie_header(&gate, "theme=dark; Path=/");
-    b.set_cookie_header(&gate, "__Secure-ssogate-login-abcdefgh=x; Path=/; Secure");
+    b.set_cookie_header(&gate, "__Host-ssogate-login-abcdefgh=x; Path=/; Secure");
+    b.set_cookie_header(&gate, "__Secure-ssogate-login-old=x; Path=/; Secure");
     b.set_cookie_header(&gate, "ssogate=stale; Path=/");
     let page = b.get(&w.url("/app/again")).await;
     assert_eq!(page.status, 200, "{}", page.body);
@@ -323,7 +324,7 @@ async fn a_cookie_sealed_with_a_foreign_key_is_no_session() {
     )
     .await;
     let moved = gate_key
-        .seal("__Secure-ssogate-login-abcdefghijklmnop", &plain)
+        .seal("__Host-ssogate-login-abcdefghijklmnop", &plain)
         .unwrap();
     assert_cookie_is_no_session(
         &w,

@@ -415,6 +415,45 @@ async fn a_callback_url_works_once() {
     );
 }
 
+/// The code itself is single use at the provider: replaying the callback
+/// with the sign-in state cookie put back (as a copy of the browser would)
+/// reaches the token endpoint with a spent code and ends on a 400 page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorization_code_redeemed_twice_is_refused() {
+    let w = World::start().await;
+    let b = w.browser();
+    let callback = b
+        .sign_in_until_callback(&w.url(&login_path("/once")), "alice", "alice-pass")
+        .await;
+    let gate = w.url("/");
+    let login_cookies: Vec<(String, String)> = b
+        .cookies_for(&gate)
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("__Host-ssogate-login-"))
+        .collect();
+    assert_eq!(login_cookies.len(), 1, "{login_cookies:?}");
+    let first = b.get(&callback).await;
+    assert_eq!(first.status, 302, "{}", first.body);
+
+    let copy = w.browser();
+    for (name, value) in &login_cookies {
+        copy.set_cookie_header(&gate, &format!("{name}={value}; Path=/; Secure"));
+    }
+    let replay = copy.get(&callback).await;
+    assert_sign_in_again_page(&replay, 400, "a spent code");
+    assert!(
+        replay.body.contains("already used") || replay.body.contains("expired"),
+        "{}",
+        replay.body
+    );
+    let me = copy.get(&w.url("/sso/userinfo")).await;
+    assert_eq!(
+        me.status, 401,
+        "the copy must not be signed in: {}",
+        me.body
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stolen_code_signs_nobody_else_in() {
     let w = World::start().await;
@@ -517,7 +556,7 @@ async fn a_refusal_from_the_provider_is_a_403_page() {
     assert!(
         page.set_cookies()
             .iter()
-            .any(|c| c.starts_with("__Secure-ssogate-login-") && c.contains("Max-Age=0")),
+            .any(|c| c.starts_with("__Host-ssogate-login-") && c.contains("Max-Age=0")),
         "the sign-in state must be dropped: {:?}",
         page.set_cookies()
     );
@@ -568,7 +607,7 @@ async fn two_tabs_signing_in_at_once_each_land_where_they_started() {
     let login_cookies = b
         .cookies_for(&w.url("/sso/authorization-code/callback"))
         .into_iter()
-        .filter(|(n, _)| n.starts_with("__Secure-ssogate-login-"))
+        .filter(|(n, _)| n.starts_with("__Host-ssogate-login-"))
         .count();
     assert_eq!(login_cookies, 2, "one sign-in cookie per tab");
 

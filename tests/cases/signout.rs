@@ -469,6 +469,22 @@ async fn logout_tokens_signed_by_the_provider_end_sessions_and_invalid_ones_chan
             )]),
         ),
         (
+            "a nonce that is null",
+            form_type,
+            form(&[(
+                "logout_token",
+                &sign_logout(idp, &with(good(), "nonce", serde_json::Value::Null)),
+            )]),
+        ),
+        (
+            "wrong issuer",
+            form_type,
+            form(&[(
+                "logout_token",
+                &sign_logout(idp, &with(good(), "iss", json!("https://evil.example"))),
+            )]),
+        ),
+        (
             "neither sid nor sub",
             form_type,
             form(&[("logout_token", &sign_logout(idp, &without(good(), "sub")))]),

@@ -32,8 +32,13 @@ struct Claims {
     sub: Option<String>,
     #[serde(default)]
     events: Option<serde_json::Value>,
-    #[serde(default)]
-    nonce: Option<serde_json::Value>,
+    /// Whether the claim is there at all, even as `null`.
+    #[serde(default, deserialize_with = "present")]
+    nonce: bool,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
 }
 
 /// `jti`s already used, with when they may be forgotten.
@@ -96,7 +101,7 @@ pub fn verify(
             "events does not hold the back-channel logout event",
         ));
     }
-    if claims.nonce.is_some() {
+    if claims.nonce {
         return Err(invalid("a logout token must not carry a nonce"));
     }
     if claims.sid.is_none() && claims.sub.is_none() {

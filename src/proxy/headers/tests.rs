@@ -17,6 +17,7 @@ fn outbound<'a>(
         host,
         identity,
         upgrade,
+        trusted_peer: false,
     }
 }
 
@@ -138,4 +139,45 @@ proptest! {
         to_upstream(&mut h, &outbound(&proto, &host, None, false));
         prop_assert!(h.values().all(|v| v != "spoof"));
     }
+}
+
+#[test]
+fn a_trusted_proxys_forwarded_for_is_appended_to_and_an_untrusted_one_replaced() {
+    let (proto, host) = (
+        HeaderValue::from_static("https"),
+        HeaderValue::from_static("ct.example.com"),
+    );
+    let client = |h: &mut HeaderMap| {
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.1"));
+        h.append(
+            HeaderName::from_static("x_forwarded_for"),
+            HeaderValue::from_static("6.6.6.6"),
+        );
+    };
+    let mut untrusted = HeaderMap::new();
+    client(&mut untrusted);
+    to_upstream(&mut untrusted, &outbound(&proto, &host, None, false));
+    assert_eq!(
+        untrusted
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .collect::<Vec<_>>(),
+        ["10.1.2.3"]
+    );
+    assert!(!untrusted.contains_key("x_forwarded_for"));
+
+    let mut trusted = HeaderMap::new();
+    client(&mut trusted);
+    let out = Outbound {
+        trusted_peer: true,
+        ..outbound(&proto, &host, None, false)
+    };
+    to_upstream(&mut trusted, &out);
+    assert_eq!(
+        trusted.get_all(X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
+        ["203.0.113.7, 198.51.100.1, 10.1.2.3"],
+        "the underscore spelling is never believed"
+    );
+    assert_eq!(trusted.get(X_FORWARDED_HOST).unwrap(), "ct.example.com");
 }

@@ -175,6 +175,17 @@ async fn forged_expired_and_misaddressed_tokens_are_refused_before_the_upstream(
                 &with(good.clone(), "iss", json!("https://evil.example")),
             ),
         ),
+        (
+            "another client as azp",
+            sign(idp, &with(good.clone(), "azp", json!("another-client"))),
+        ),
+        (
+            "several audiences without azp",
+            sign(
+                idp,
+                &with(good.clone(), "aud", json!([CLIENT_ID, "another-client"])),
+            ),
+        ),
         ("alg none", unsigned(idp, &good)),
         (
             "HS256 with the client secret",

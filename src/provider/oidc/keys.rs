@@ -70,12 +70,18 @@ pub struct KeySet {
     entries: Vec<Entry>,
     validations: HashMap<Algorithm, Validation>,
     trust: Trust,
+    client_id: String,
 }
 
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
     exp: u64,
+    /// One audience or several (the client id among them was checked).
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
+    #[serde(default)]
+    azp: Option<String>,
     #[serde(default)]
     email: Option<String>,
     #[serde(default)]
@@ -165,6 +171,7 @@ impl KeySet {
             entries,
             validations,
             trust,
+            client_id: client_id.to_owned(),
         }
     }
 
@@ -183,6 +190,15 @@ impl KeySet {
     /// Verifies a bearer token: signature, `iss`, `aud`, `exp`, `nbf`.
     pub fn verify(&self, token: &str) -> Bearer {
         match self.decode::<Claims>(token, |alg| self.validations.get(&alg).cloned()) {
+            // As for ID tokens (OpenID Connect Core 3.1.3.7): a token meant
+            // for several parties must name this client as the one it was
+            // issued to.
+            Ok(c) if c.azp.as_deref().is_some_and(|azp| azp != self.client_id) => {
+                Bearer::Invalid("azp is not this client".into())
+            }
+            Ok(c) if c.azp.is_none() && c.aud.as_ref().is_some_and(|a| a.as_array().is_some_and(|l| l.len() > 1)) => {
+                Bearer::Invalid("several audiences but no azp".into())
+            }
             Ok(c) => Bearer::Valid {
                 identity: Identity {
                     sub: c.sub,

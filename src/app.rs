@@ -3,9 +3,9 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::live::Live;
@@ -15,11 +15,15 @@ use crate::router::State;
 use crate::server::{self, tls};
 use crate::session::refresh::SingleFlight;
 use crate::session::{CookieNames, CookieStore, LoginStates, SealError, Sealer};
+use crate::telemetry::exporter;
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("CT_LISTEN_ADDR: cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    #[error("CT_METRICS_ADDR: cannot listen on {0}: {1}")]
+    BindMetrics(SocketAddr, std::io::Error),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("CT_SSO_AUTHORIZATION_ENDPT: {0}")]
@@ -39,7 +43,10 @@ pub fn install_crypto() {
 /// A gate ready to serve.
 pub struct App {
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<tls::Tls>,
+    tls_reload_interval: Duration,
+    /// Bound from `CT_METRICS_ADDR`, or given by a test.
+    metrics_listener: Option<TcpListener>,
     state: Arc<State>,
 }
 
@@ -49,7 +56,27 @@ impl App {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .map_err(|e| AppError::Bind(config.listen_addr, e))?;
-        Self::with_listener(config, listener)
+        let metrics = match config.metrics_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| AppError::BindMetrics(addr, e))?,
+            ),
+            None => None,
+        };
+        Ok(Self::with_listener(config, listener)?.with_metrics_listener(metrics))
+    }
+
+    /// Serves Prometheus metrics on `listener` (tests bind port 0).
+    #[must_use]
+    pub fn with_metrics_listener(mut self, listener: Option<TcpListener>) -> Self {
+        self.metrics_listener = listener;
+        self
+    }
+
+    /// Where metrics are served, if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref()?.local_addr().ok()
     }
 
     /// Builds the gate on a listener the caller bound (tests use port 0).
@@ -59,14 +86,15 @@ impl App {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
-        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+        let tls = config.tls.as_ref().map(tls::Tls::load).transpose()?;
         let sealer = Arc::new(Sealer::new(&config.cookie_keys.keys)?);
         let names = CookieNames::new(config.is_https());
         let callback = config.callback_url();
+        let metrics = Arc::new(Metrics::new());
         let options = config
             .login_options
             .iter()
-            .map(|o| o.build(&callback))
+            .map(|o| o.build(&callback, &metrics))
             .collect::<Result<Vec<_>, _>>()?;
         let proxy = Proxy::new(
             &config.upstream_url,
@@ -75,6 +103,7 @@ impl App {
             crate::proxy::ClientPolicy {
                 body_idle_timeout: config.limits.body_idle_timeout,
                 trusted_proxies: config.trusted_proxies.clone(),
+                websockets_open: metrics.websockets_open.clone(),
             },
         )?;
         let state = State {
@@ -91,13 +120,24 @@ impl App {
             grace: config.session.refresh_grace.as_secs(),
             refreshes: SingleFlight::new(config.limits.max_refreshes),
             live: Arc::new(Live::default()),
+            metrics,
             config,
         };
         Ok(Self {
             listener,
             tls,
+            tls_reload_interval: tls::RELOAD_INTERVAL,
+            metrics_listener: None,
             state: Arc::new(state),
         })
+    }
+
+    /// How often the TLS certificate and key files are checked for a change
+    /// (default 10 s; zero: never).
+    #[must_use]
+    pub fn with_tls_reload_interval(mut self, interval: Duration) -> Self {
+        self.tls_reload_interval = interval;
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -116,6 +156,25 @@ impl App {
         if let Ok(addr) = self.listener.local_addr() {
             tracing::info!(%addr, tls = self.tls.is_some(), upstream = %self.state.config.upstream_url, "ssogate serving");
         }
-        server::serve(self.listener, self.tls, self.state, settings, shutdown).await;
+        let _reloading = self.tls.as_ref().map(|t| t.watch(self.tls_reload_interval));
+        let metrics = self.state.metrics.clone();
+        let _upkeep = Abort(tokio::spawn(exporter::upkeep(metrics.clone())));
+        let _metrics = self.metrics_listener.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "serving metrics at /metrics");
+            }
+            Abort(tokio::spawn(exporter::serve(listener, metrics)))
+        });
+        let tls = self.tls.as_ref().map(tls::Tls::acceptor);
+        server::serve(self.listener, tls, self.state, settings, shutdown).await;
+    }
+}
+
+/// Ends a background task when the gate stops.
+struct Abort(tokio::task::JoinHandle<()>);
+
+impl Drop for Abort {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

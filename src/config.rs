@@ -48,6 +48,8 @@ pub struct Config {
     /// `CT_UPSTREAM_CA_FILE`: extra PEM roots for an https upstream.
     pub upstream_ca_pem: Option<Vec<u8>>,
     pub listen_addr: SocketAddr,
+    /// `CT_METRICS_ADDR`: where Prometheus metrics are served (off when unset).
+    pub metrics_addr: Option<SocketAddr>,
     pub tls: Option<TlsFiles>,
     pub cookie_keys: CookieKeys,
     /// Login options; empty when SSO is off.

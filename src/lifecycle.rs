@@ -17,6 +17,7 @@ use crate::proxy::cutoff::Guard;
 use crate::router::State;
 use crate::session::refresh::Outcome;
 use crate::session::{Revocation, Session};
+use crate::telemetry::metrics::Ended;
 
 /// While the provider is unreachable, how often a live connection's session is retried.
 const RETRY_EVERY: Duration = Duration::from_secs(5);
@@ -135,23 +136,33 @@ async fn refresh_once(state: &State, session: &Session) -> Outcome {
         return Outcome::Ended;
     };
     let old = session.clone();
+    let metrics = state.metrics.clone();
     let outcome = state
         .refreshes
         .run(session, move || async move {
             match option.refresh(&old).await {
-                Ok(new) => Outcome::Refreshed(Box::new(Session {
-                    issued_at: crate::clock::now(),
-                    expires_at: new.expires_at,
-                    refresh_token: new.refresh_token.map(Secret::new).or(old.refresh_token.clone()),
-                    id_token: new.id_token.map(Secret::new).or(old.id_token.clone()),
-                    ..old
-                })),
+                Ok(new) => {
+                    metrics.refreshes.increment(1);
+                    Outcome::Refreshed(Box::new(Session {
+                        issued_at: crate::clock::now(),
+                        expires_at: new.expires_at,
+                        refresh_token: new
+                            .refresh_token
+                            .map(Secret::new)
+                            .or(old.refresh_token.clone()),
+                        id_token: new.id_token.map(Secret::new).or(old.id_token.clone()),
+                        ..old
+                    }))
+                }
                 Err(RefreshError::Rejected | RefreshError::Unsupported) => {
                     tracing::info!(sub = %old.identity.sub, option = %old.option, "refresh refused: session ended");
+                    metrics.refresh_rejected.increment(1);
+                    metrics.session_ended(Ended::RefreshRefused);
                     Outcome::Ended
                 }
                 Err(RefreshError::Unavailable(reason)) => {
                     tracing::warn!(sub = %old.identity.sub, %reason, "refresh failed: provider unavailable");
+                    metrics.refresh_unavailable.increment(1);
                     Outcome::Unavailable
                 }
             }
@@ -212,8 +223,14 @@ async fn keep(state: Arc<State>, mut lease: Lease, mut session: Session, can_ref
             return;
         }
         let now = crate::clock::now();
-        if !can_refresh || state.policy.hard_end(&session) <= now {
+        let past_max_age = state.policy.hard_end(&session) <= now;
+        if !can_refresh || past_max_age {
             tracing::info!(sub = %session.identity.sub, "live connection closed: its session expired");
+            state.metrics.session_ended(if past_max_age {
+                Ended::MaxAge
+            } else {
+                Ended::Expired
+            });
             return;
         }
         match refresh(&state, &session).await {

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         if command.is_some() {
             return match check::check(&config).await {
                 Ok(lines) => {
-                    lines.iter().for_each(|l| eprintln!("ok: {l}"));
+                    lines.iter().for_each(|l| eprintln!("{l}"));
                     ExitCode::SUCCESS
                 }
                 Err(lines) => {

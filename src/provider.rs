@@ -23,11 +23,16 @@ pub enum Config {
 impl Config {
     /// Builds the option and starts whatever background loading it needs
     /// (discovery, keys). Must run inside a tokio runtime.
-    pub fn build(&self, callback_url: &str) -> Result<Arc<dyn LoginOption>, ProviderError> {
+    pub fn build(
+        &self,
+        callback_url: &str,
+        metrics: &crate::telemetry::metrics::Metrics,
+    ) -> Result<Arc<dyn LoginOption>, ProviderError> {
         match self {
             Config::Oidc(settings) => Ok(Arc::new(oidc::Oidc::start(
                 settings.clone(),
                 callback_url.to_string(),
+                metrics.jwks_fetches.clone(),
             )?)),
         }
     }

@@ -39,6 +39,29 @@ pub enum ProxyError {
     Tls(String),
 }
 
+impl ProxyError {
+    /// Whether the failure came from the client's side: its request body
+    /// failed (the client went away) or went quiet past
+    /// `CT_BODY_IDLE_TIMEOUT`; `Some(true)` for the latter.
+    pub fn client_body(&self) -> Option<bool> {
+        let ProxyError::Upstream(e) = self else {
+            return None;
+        };
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        let mut user = false;
+        while let Some(err) = source {
+            if err.downcast_ref::<idle::BodyIdle>().is_some() {
+                return Some(true);
+            }
+            user |= err
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_user);
+            source = err.source();
+        }
+        user.then_some(false)
+    }
+}
+
 pub struct Proxy {
     client: Client<HttpsConnector<HttpConnector>, Body>,
     scheme: Scheme,
@@ -51,12 +74,15 @@ pub struct Proxy {
     body_idle_timeout: Duration,
     /// `CT_TRUSTED_PROXIES`.
     trusted_proxies: Vec<ipnet::IpNet>,
+    websockets_open: metrics::Gauge,
 }
 
 /// How the proxy treats clients (from the configuration).
 pub struct ClientPolicy {
     pub body_idle_timeout: Duration,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `ssogate_websockets_open`.
+    pub websockets_open: metrics::Gauge,
 }
 
 /// What the router tells the proxy about one request.
@@ -125,6 +151,7 @@ impl Proxy {
             public_host: HeaderValue::from_str(&public_host).map_err(|_| ProxyError::Uri)?,
             body_idle_timeout: clients.body_idle_timeout,
             trusted_proxies: clients.trusted_proxies,
+            websockets_open: clients.websockets_open,
         })
     }
 
@@ -190,7 +217,12 @@ impl Proxy {
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (Some(client_upgrade), true) = (client_upgrade, switched) {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            upgrade::splice(client_upgrade, upstream_upgrade, guard());
+            upgrade::splice(
+                client_upgrade,
+                upstream_upgrade,
+                guard(),
+                self.websockets_open.clone(),
+            );
             let (mut parts, _) = resp.into_parts();
             headers::from_upstream(&mut parts.headers, true);
             return Ok(Response::from_parts(parts, respond::empty()));

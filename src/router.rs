@@ -5,7 +5,8 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response, header};
 use hyper::body::Incoming;
@@ -22,6 +23,8 @@ use crate::respond::{self, Body, Failure};
 use crate::routes;
 use crate::session::refresh::SingleFlight;
 use crate::session::{LoginStates, Session, Store};
+use crate::telemetry::metrics::{Metrics, Outcome};
+use crate::telemetry::request_id;
 
 /// Everything a request may need, built once at startup.
 pub struct State {
@@ -40,24 +43,84 @@ pub struct State {
     pub refreshes: SingleFlight,
     /// Live connections by session.
     pub live: Arc<Live>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Handles one request.
 pub async fn handle(
     state: Arc<State>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let start = Instant::now();
-    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), sub = tracing::field::Empty);
-    let resp = route(&state, req, peer).instrument(span.clone()).await;
+    let id = request_id::of(req.headers());
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        request_id = id.to_str().unwrap_or_default(),
+        sub = tracing::field::Empty,
+    );
+    // The upstream sees the same id (headers::to_upstream leaves it alone).
+    req.headers_mut()
+        .insert(request_id::X_REQUEST_ID, id.clone());
+    let note = Note::default();
+    let mut resp = route(&state, req, peer, &note)
+        .instrument(span.clone())
+        .await;
+    resp.headers_mut().insert(request_id::X_REQUEST_ID, id);
+    let elapsed = start.elapsed();
+    let upstream = note.upstream();
+    let outcome = note.outcome().unwrap_or(match resp.status().as_u16() {
+        302 => Outcome::SignIn,
+        500.. => Outcome::Error,
+        _ => Outcome::Rejected,
+    });
+    state.metrics.request(
+        outcome,
+        elapsed.saturating_sub(upstream.unwrap_or_default()),
+        upstream,
+    );
     let _enter = span.enter();
     tracing::info!(
         status = resp.status().as_u16(),
-        latency_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+        latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         "request"
     );
     Ok(resp)
+}
+
+/// What the routing learnt that the response does not show: whether the
+/// request was the gate's own or went to the upstream, and how long the
+/// upstream took. Atomics, so the note can be shared across awaits.
+#[derive(Default)]
+struct Note {
+    /// 0: not set; else `Outcome as u8 + 1`.
+    outcome: AtomicU8,
+    /// Microseconds until the upstream's response head, +1 (0: not forwarded).
+    upstream_us: AtomicU64,
+}
+
+impl Note {
+    fn set(&self, outcome: Outcome) {
+        self.outcome.store(outcome as u8 + 1, Ordering::Relaxed);
+    }
+
+    fn outcome(&self) -> Option<Outcome> {
+        match self.outcome.load(Ordering::Relaxed) {
+            1 => Some(Outcome::Forwarded),
+            4 => Some(Outcome::Error),
+            5 => Some(Outcome::Sso),
+            _ => None,
+        }
+    }
+
+    fn upstream(&self) -> Option<Duration> {
+        match self.upstream_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us - 1)),
+        }
+    }
 }
 
 /// Whether a path is the gate's own: `/sso` and everything below it.
@@ -76,7 +139,12 @@ enum Tie {
     },
 }
 
-async fn route(state: &Arc<State>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn route(
+    state: &Arc<State>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    note: &Note,
+) -> Response<Body> {
     // One normal form for every decision below and for the upstream.
     match crate::path::normalise(req.uri().path()) {
         Ok(Cow::Borrowed(_)) => {}
@@ -87,6 +155,7 @@ async fn route(state: &Arc<State>, mut req: Request<Incoming>, peer: SocketAddr)
         Err(e) => return bad_path(&req, &e.to_string()),
     }
     if is_gate_path(req.uri().path()) {
+        note.set(Outcome::Sso);
         return routes::handle(state, req).await;
     }
     if crate::path::is_reserved(req.uri().path()) {
@@ -95,7 +164,7 @@ async fn route(state: &Arc<State>, mut req: Request<Incoming>, peer: SocketAddr)
     }
     if state.registry.is_empty() {
         // Only reachable with CT_ALLOW_UNAUTHENTICATED=true (validation refuses otherwise).
-        return forward(state, req, peer, Tie::Nothing, Vec::new()).await;
+        return forward(state, req, peer, Tie::Nothing, Vec::new(), note).await;
     }
     let now = crate::clock::now();
     let navigation = gate::is_navigation(req.method(), req.headers());
@@ -104,7 +173,7 @@ async fn route(state: &Arc<State>, mut req: Request<Incoming>, peer: SocketAddr)
         .load(req.headers())
         .filter(|s| state.registry.get(&s.option).is_some())
     {
-        return with_session(state, req, peer, session, navigation, now).await;
+        return with_session(state, req, peer, session, navigation, now, note).await;
     }
     let (credential, identity) = match bearer_token(req.headers()) {
         Some(token) => match verify_bearer(&state.registry, token, now).await {
@@ -131,6 +200,7 @@ async fn route(state: &Arc<State>, mut req: Request<Incoming>, peer: SocketAddr)
                     expires_at,
                 },
                 Vec::new(),
+                note,
             )
             .await
         }
@@ -146,6 +216,7 @@ async fn with_session(
     session: Session,
     navigation: bool,
     now: u64,
+    note: &Note,
 ) -> Response<Body> {
     tracing::Span::current().record("sub", session.identity.sub.as_str());
     let expired = if navigation {
@@ -157,7 +228,7 @@ async fn with_session(
     };
     match lifecycle::check(state, session, req.headers(), now).await {
         Checked::Valid { session, cookies } => {
-            forward(state, req, peer, Tie::Session(session), cookies).await
+            forward(state, req, peer, Tie::Session(session), cookies, note).await
         }
         Checked::Ended { cookies } => routes::with_cookies(challenge(&expired, req.uri()), cookies),
         Checked::Expired => challenge(&expired, req.uri()),
@@ -196,6 +267,7 @@ async fn forward(
     peer: SocketAddr,
     tie: Tie,
     cookies: Vec<http::HeaderValue>,
+    note: &Note,
 ) -> Response<Body> {
     let html = respond::wants_html(req.headers());
     if upgrade::is_websocket(req.headers())
@@ -214,7 +286,8 @@ async fn forward(
         Tie::Bearer { expires_at, .. } => Some(lifecycle::bearer_guard(*expires_at)),
         Tie::Nothing => None,
     };
-    match state
+    let sent = Instant::now();
+    let forwarded = state
         .proxy
         .forward(
             req,
@@ -224,11 +297,28 @@ async fn forward(
             },
             guard,
         )
-        .await
-    {
-        Ok(resp) => routes::with_cookies(resp, cookies),
+        .await;
+    let took = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+    note.upstream_us.store(took + 1, Ordering::Relaxed);
+    match forwarded {
+        Ok(resp) => {
+            note.set(Outcome::Forwarded);
+            routes::with_cookies(resp, cookies)
+        }
+        // A client that vanished or stalled mid-upload is no upstream failure.
+        Err(e) if e.client_body().is_some() => {
+            tracing::debug!(error = %e, "the client's request body failed");
+            let why = if e.client_body() == Some(true) {
+                "the request body stopped arriving"
+            } else {
+                "the request body could not be read"
+            };
+            routes::with_cookies(Failure::BadRequest(why.into()).respond(html), cookies)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "upstream unavailable");
+            state.metrics.upstream_errors.increment(1);
+            note.set(Outcome::Error);
             routes::with_cookies(Failure::UpstreamUnavailable.respond(html), cookies)
         }
     }

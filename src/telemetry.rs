@@ -1,6 +1,11 @@
 //! Logging: tracing-subscriber filtered by `RUST_LOG` (default `info`), as
 //! text or JSON (`CT_LOG_FORMAT`). Request lines carry method, path (no
-//! query), status, latency and the user's `sub`; never a token or cookie.
+//! query), status, latency, the request id and the user's `sub`; never a
+//! token or cookie.
+
+pub mod exporter;
+pub mod metrics;
+pub mod request_id;
 
 use tracing_subscriber::EnvFilter;
 

@@ -31,6 +31,7 @@ pub(super) struct Raw {
     pub ct_sso_refresh_grace: Option<String>,
     pub ct_session_max_age: Option<String>,
     pub ct_trusted_proxies: Option<String>,
+    pub ct_metrics_addr: Option<String>,
     pub ct_max_connections: Option<String>,
     pub ct_max_header_bytes: Option<String>,
     pub ct_body_idle_timeout: Option<String>,

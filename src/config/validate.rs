@@ -80,6 +80,17 @@ pub(super) fn validate(raw: Raw, fs: &dyn Files) -> Result<Config, ConfigErrors>
             )
         })
         .ok();
+    let metrics_addr = raw.ct_metrics_addr.as_deref().and_then(|v| {
+        v.trim()
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                p.add(
+                    "CT_METRICS_ADDR",
+                    "is not an address:port such as 127.0.0.1:9090 or [::]:9090",
+                )
+            })
+            .ok()
+    });
     let tls = tls_files(
         raw.ct_tls_cert_file.as_deref(),
         raw.ct_tls_key_file.as_deref(),
@@ -172,6 +183,7 @@ pub(super) fn validate(raw: Raw, fs: &dyn Files) -> Result<Config, ConfigErrors>
             server_url,
             upstream_url,
             upstream_ca_pem,
+            metrics_addr,
             listen_addr,
             tls,
             cookie_keys,

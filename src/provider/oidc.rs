@@ -3,6 +3,7 @@
 
 mod claims;
 pub mod discovery;
+pub mod doctor;
 mod http;
 pub mod keys;
 mod logout_token;
@@ -100,8 +101,13 @@ impl Drop for Oidc {
 impl Oidc {
     /// Starts loading the provider in the background; sign-ins wait for it
     /// (`/sso/readyz` says when), retrying with backoff while it is down.
-    pub fn start(settings: Settings, redirect_uri: String) -> Result<Self, ProviderError> {
-        let http = http::Http::new(settings.ca_pem.as_deref())?;
+    pub fn start(
+        settings: Settings,
+        redirect_uri: String,
+        jwks_fetches: metrics::Counter,
+    ) -> Result<Self, ProviderError> {
+        let mut http = http::Http::new(settings.ca_pem.as_deref())?;
+        http.jwks_fetches = jwks_fetches;
         let inner = Arc::new(Inner {
             settings,
             http,
@@ -389,30 +395,31 @@ impl LoginOption for Oidc {
     }
 }
 
-/// Discovers the provider once (for `ssogate check-config`) and describes it.
-pub async fn check(settings: &Settings, redirect_uri: &str) -> Result<Vec<String>, ProviderError> {
+/// Discovers the provider once (for `ssogate check-config`) and reports
+/// what its document, keys and clock say about the configuration.
+pub async fn check(
+    settings: &Settings,
+    redirect_uri: &str,
+) -> Result<Vec<doctor::Finding>, ProviderError> {
     let http = http::Http::new(settings.ca_pem.as_deref())?;
     let loaded = discovery::discover(settings, &http, redirect_uri).await?;
-    let mut lines = vec![format!(
-        "provider {} answered discovery; {} usable signing keys",
-        settings.issuer_str(),
-        loaded.keys.len()
-    )];
-    if loaded.keys.is_empty() {
-        return Err(ProviderError::BadResponse(
-            "the provider publishes no usable signing key".into(),
-        ));
+    // Once more as served: for members openidconnect does not model, and
+    // for the provider's clock.
+    let (doc, skew) = match http.get_dated(&discovery::document_url(settings)).await {
+        Ok((_, date, body)) => (
+            serde_json::from_slice(&body).unwrap_or_default(),
+            date.map(seconds_ahead),
+        ),
+        Err(_) => (serde_json::Value::Null, None),
+    };
+    Ok(doctor::findings(settings, &loaded, &doc, skew))
+}
+
+/// How far `then` is ahead of this machine's clock, in seconds.
+fn seconds_ahead(then: std::time::SystemTime) -> i64 {
+    let now = std::time::SystemTime::now();
+    match then.duration_since(now) {
+        Ok(ahead) => i64::try_from(ahead.as_secs()).unwrap_or(i64::MAX),
+        Err(behind) => -i64::try_from(behind.duration().as_secs()).unwrap_or(i64::MAX),
     }
-    lines.push(match &loaded.end_session {
-        Some(url) => format!("sign-out also ends the provider session at {url}"),
-        None => {
-            "the provider has no end_session_endpoint: sign-out ends the gate's session only".into()
-        }
-    });
-    match &settings.token_endpoint {
-        Some(url) => lines.push(format!("sessions are refreshed at {url}")),
-        None => lines
-            .push("CT_SSO_TOKEN_ENDPT is not set: sessions end when their tokens expire".into()),
-    }
-    Ok(lines)
 }

@@ -11,6 +11,8 @@ use tokio::io::{
 };
 use tokio::sync::watch;
 
+use metrics::Gauge;
+
 use super::cutoff::Guard;
 
 use crate::respond::contains_ignore_case;
@@ -47,7 +49,7 @@ pub fn origin_allowed(headers: &HeaderMap, own: &str, extra: &[String]) -> bool 
 /// guard (the session's lease), the connection ends when it fires: the
 /// client gets a WebSocket close frame with code 1008 (policy violation) at
 /// the next frame boundary, and the upstream side is dropped.
-pub fn splice(client: OnUpgrade, upstream: OnUpgrade, guard: Option<Guard>) {
+pub fn splice(client: OnUpgrade, upstream: OnUpgrade, guard: Option<Guard>, open: Gauge) {
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
@@ -56,6 +58,8 @@ pub fn splice(client: OnUpgrade, upstream: OnUpgrade, guard: Option<Guard>) {
                 return;
             }
         };
+        open.increment(1.0);
+        let _open = OpenGuard(open);
         let mut client = TokioIo::new(client);
         let mut upstream = TokioIo::new(upstream);
         match guard {
@@ -67,6 +71,15 @@ pub fn splice(client: OnUpgrade, upstream: OnUpgrade, guard: Option<Guard>) {
             Some(guard) => relay_until(client, upstream, guard).await,
         }
     });
+}
+
+/// Counts a WebSocket as open for as long as it lives, however it ends.
+struct OpenGuard(Gauge);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 /// After the guard fires, how long a frame in progress may take to finish

@@ -13,6 +13,7 @@ use crate::provider::{LogoutTarget, LogoutTokenError};
 use crate::respond::{self, Body};
 use crate::router::State;
 use crate::session::{MAX_COOKIE_AGE_SECS, Revocation};
+use crate::telemetry::metrics::Ended;
 
 /// Largest request body read (a logout token is a few KB).
 const MAX_BODY: usize = 64 * 1024;
@@ -82,6 +83,7 @@ fn end_sessions(state: &State, target: LogoutTarget, now: u64) -> Response<Body>
         (None, None) => return refuse("neither sid nor sub"),
     };
     let closed = lifecycle::end(state, what, until, now);
+    state.metrics.session_ended(Ended::Backchannel);
     tracing::info!(
         sub = sub.as_deref().unwrap_or("-"),
         live_sessions_closed = closed,

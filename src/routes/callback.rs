@@ -9,6 +9,7 @@ use crate::provider::{Callback, ProviderError};
 use crate::respond::{self, Body, Failure};
 use crate::router::State;
 use crate::session::{LoginStateError, Session, StoreError, random_id};
+use crate::telemetry::metrics::SignInFailure;
 
 /// Keeps what the provider says in an error short and printable.
 fn clean(s: &str, max: usize) -> String {
@@ -42,6 +43,7 @@ pub async fn callback(state: &State, req: &Request<Incoming>) -> Response<Body> 
             ),
             None => "The sign-in answer carries no state. Please sign in again.".to_string(),
         };
+        state.metrics.sign_in_failed(SignInFailure::State);
         return sign_in_failed(StatusCode::BAD_REQUEST, reason).respond(html);
     };
     let taken = state
@@ -51,6 +53,7 @@ pub async fn callback(state: &State, req: &Request<Incoming>) -> Response<Body> 
         Ok(st) => st,
         Err(e) => {
             tracing::info!(reason = %e, "sign-in callback with an unusable state");
+            state.metrics.sign_in_failed(SignInFailure::State);
             let reason = match e {
                 LoginStateError::Expired => "The sign-in took too long. Please sign in again.",
                 _ => {
@@ -72,6 +75,7 @@ pub async fn callback(state: &State, req: &Request<Incoming>) -> Response<Body> 
             .map(|d| format!(": {}", clean(d, 200)))
             .unwrap_or_default();
         tracing::info!(error = %clean(error, 64), "the provider refused the sign-in");
+        state.metrics.sign_in_failed(SignInFailure::ProviderRefused);
         let status = if error == "access_denied" {
             StatusCode::FORBIDDEN
         } else {
@@ -84,6 +88,7 @@ pub async fn callback(state: &State, req: &Request<Incoming>) -> Response<Body> 
         return with_cookies(sign_in_failed(status, reason).respond(html), cookies);
     }
     let Some(option) = state.registry.get(&st.option) else {
+        state.metrics.sign_in_failed(SignInFailure::State);
         return with_cookies(
             sign_in_failed(
                 StatusCode::BAD_REQUEST,
@@ -114,6 +119,17 @@ pub async fn callback(state: &State, req: &Request<Incoming>) -> Response<Body> 
                 ProviderError::Config(_) => Failure::Internal,
             };
             tracing::warn!(option = option.id(), error = %e, "sign-in failed");
+            state.metrics.sign_in_failed(match &e {
+                ProviderError::InvalidGrant => SignInFailure::InvalidGrant,
+                ProviderError::InvalidToken(_) => SignInFailure::InvalidToken,
+                ProviderError::NotReady | ProviderError::Unreachable(_) => {
+                    SignInFailure::Unreachable
+                }
+                ProviderError::Denied(_) | ProviderError::BadResponse(_) => {
+                    SignInFailure::BadResponse
+                }
+                ProviderError::Config(_) => SignInFailure::Internal,
+            });
             return with_cookies(failure.respond(html), cookies);
         }
     };
@@ -147,9 +163,11 @@ pub async fn callback(state: &State, req: &Request<Incoming>) -> Response<Body> 
     };
     if let Err(e) = saved {
         tracing::error!(error = %e, "cannot store the session");
+        state.metrics.sign_in_failed(SignInFailure::Internal);
         return with_cookies(Failure::Internal.respond(html), cookies);
     }
     tracing::Span::current().record("sub", session.identity.sub.as_str());
     tracing::info!(sub = %session.identity.sub, option = %session.option, "signed in");
+    state.metrics.sign_ins.increment(1);
     with_cookies(respond::redirect(&st.return_to), cookies)
 }

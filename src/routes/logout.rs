@@ -8,6 +8,7 @@ use crate::lifecycle;
 use crate::respond::{self, Body};
 use crate::router::State;
 use crate::session::{Revocation, random_id};
+use crate::telemetry::metrics::Ended;
 
 pub fn logout(state: &State, req: &Request<Incoming>) -> Response<Body> {
     let session = state.store.load(req.headers());
@@ -32,6 +33,7 @@ pub fn logout(state: &State, req: &Request<Incoming>) -> Response<Body> {
         now,
     );
     tracing::info!(sub = %session.identity.sub, option = %session.option, live_sessions_closed = closed, "signed out");
+    state.metrics.session_ended(Ended::SignOut);
     let provider_logout = state
         .registry
         .get(&session.option)

@@ -101,10 +101,18 @@ async fn json_logs_show_every_request_and_no_token_code_secret_or_cookie() {
     let resp = client
         .get(gate.url("/api/bearer"))
         .bearer_auth(&bearer)
+        .header("x-request-id", "trace-abc-1")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-request-id"], "trace-abc-1", "echoed");
+    let seen = upstream.last_request().unwrap();
+    assert_eq!(
+        seen.header("x-request-id"),
+        Some("trace-abc-1"),
+        "passed on"
+    );
     let forged = format!("{bearer}x");
     let resp = client
         .get(gate.url("/api/forged"))
@@ -184,6 +192,19 @@ async fn json_logs_show_every_request_and_no_token_code_secret_or_cookie() {
     assert!(app["span"]["sub"].is_string(), "the user is named: {app}");
     assert_eq!(find("/app/start")["fields"]["status"], 302);
     assert_eq!(find("/api/bearer")["span"]["sub"], "ide-user");
+    assert_eq!(find("/api/bearer")["span"]["request_id"], "trace-abc-1");
+    let made = find("/app/0")["span"]["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(made.len(), 32, "a generated id: {made:?}");
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .any(|r| r.header("x-request-id") == Some(made.as_str())),
+        "the upstream saw the generated id"
+    );
     assert_eq!(find("/api/forged")["fields"]["status"], 401);
     assert!(
         find("/sso/logout")["span"]["sub"].is_string(),

@@ -509,3 +509,52 @@ async fn a_smaller_leeway_refuses_what_the_default_accepts() {
     let page = rig.refused_sign_in(&rig.browser()).await;
     assert!(page.body.contains("future"), "{}", page.body);
 }
+
+// ------------------------------------------------------------ preflight
+
+/// `ssogate check-config` against a provider shaped like Entra's
+/// multi-tenant endpoint: the profile's findings, a token endpoint that
+/// differs from discovery, and the URIs to register, one line each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_reports_each_finding_on_one_line_with_its_fix() {
+    use crate::cases::binary::{run, vars};
+    let gate = "https://gate.example.com";
+    let idp = FakeIdp::start(FakeOptions::preset(Preset::EntraCommon, gate)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wrong_token = idp.url("/common/oauth2/token");
+    let env = vars(&[
+        ("CT_SERVER_URL", gate),
+        ("CT_UPSTREAM_URL", "http://127.0.0.1:1080"),
+        ("CT_SSO_AUTHORIZATION_ENDPT", &idp.authority),
+        ("CT_SSO_TOKEN_ENDPT", &wrong_token),
+        ("CT_SSO_PROVIDER", "MICROSOFT"),
+        ("CT_SSO_CLIENT_ID", CLIENT_ID),
+        ("CT_SSO_CLIENT_SECRET", crate::support::gate::CLIENT_SECRET),
+        ("CT_COOKIE_SECRET", crate::support::gate::COOKIE_SECRET),
+    ]);
+    let r = run(dir.path(), &env, &["check-config"]).await;
+    assert_eq!(r.code, Some(0), "warnings do not fail the check: {r:?}");
+    r.assert_no_crash();
+    r.assert_hides(&[crate::support::gate::CLIENT_SECRET]);
+    let lines = r.stderr_lines();
+    let has = |prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
+    for want in [
+        "ok: provider ",
+        "warning: the multi-tenant issuer lets users of any Entra tenant sign in; fix: set CT_SSO_ALLOWED_TENANTS",
+        "warning: CT_SSO_TOKEN_ENDPT is ",
+        "warning: Entra ID often sends no email claim",
+        "ok: the provider's clock is within ",
+        "ok: register this login redirect URI at the provider: https://gate.example.com/sso/authorization-code/callback",
+        "ok: register this logout redirect URI at the provider: https://gate.example.com/sso/logout",
+    ] {
+        assert!(has(want), "no line starting {want:?}:\n{}", r.stderr);
+    }
+    assert!(
+        lines.iter().any(|l| l.contains(&format!(
+            "fix: set CT_SSO_TOKEN_ENDPT={}",
+            idp.token_endpoint()
+        ))),
+        "{}",
+        r.stderr
+    );
+}

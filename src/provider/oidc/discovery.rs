@@ -75,11 +75,7 @@ pub async fn discover(
     http: &Http,
     redirect_uri: &str,
 ) -> Result<Loaded, ProviderError> {
-    let configured = settings.issuer_str();
-    let url = format!(
-        "{}/.well-known/openid-configuration",
-        configured.trim_end_matches('/')
-    );
+    let url = document_url(settings);
     let (status, body) = http.get(&url).await.map_err(|e| match e {
         HttpError::TooLarge => ProviderError::BadResponse(format!("discovery: {e}")),
         HttpError::Transport(e) => ProviderError::Unreachable(e),
@@ -97,6 +93,14 @@ pub async fn discover(
     })?;
     let jwks = fetch_jwks(http, metadata.jwks_uri()).await?;
     build(settings, metadata.set_jwks(jwks), redirect_uri)
+}
+
+/// `CT_SSO_AUTHORIZATION_ENDPT/.well-known/openid-configuration`.
+pub fn document_url(settings: &Settings) -> String {
+    format!(
+        "{}/.well-known/openid-configuration",
+        settings.issuer_str().trim_end_matches('/')
+    )
 }
 
 /// Where a JSON document broke, without echoing its content.
@@ -120,6 +124,7 @@ async fn fetch_jwks(
     http: &Http,
     uri: &JsonWebKeySetUrl,
 ) -> Result<CoreJsonWebKeySet, ProviderError> {
+    http.jwks_fetches.increment(1);
     let (status, body) = http.get(uri.url().as_str()).await.map_err(|e| match e {
         HttpError::TooLarge => ProviderError::BadResponse(format!("jwks_uri: {e}")),
         HttpError::Transport(e) => ProviderError::Unreachable(e),
@@ -133,7 +138,7 @@ async fn fetch_jwks(
         .map_err(|_| ProviderError::BadResponse("jwks_uri did not answer a JSON key set".into()))
 }
 
-fn build(
+pub(super) fn build(
     settings: &Settings,
     metadata: ProviderMetadataWithLogout,
     redirect_uri: &str,

@@ -29,6 +29,8 @@ pub enum HttpError {
 #[derive(Clone, Debug)]
 pub struct Http {
     client: reqwest::Client,
+    /// Counts key-set fetches (`ssogate_jwks_fetches_total`).
+    pub jwks_fetches: metrics::Counter,
 }
 
 impl Http {
@@ -50,7 +52,10 @@ impl Http {
         let client = builder
             .build()
             .map_err(|e| ProviderError::Config(format!("HTTP client: {e}")))?;
-        Ok(Self { client })
+        Ok(Self {
+            client,
+            jwks_fetches: metrics::Counter::noop(),
+        })
     }
 
     /// Sends an openidconnect request, reading at most [`MAX_BODY`] of the answer.
@@ -81,6 +86,16 @@ impl Http {
 
     /// GETs a JSON document; the status and at most [`MAX_BODY`] bytes.
     pub async fn get(&self, url: &str) -> Result<(http::StatusCode, Vec<u8>), HttpError> {
+        self.get_dated(url)
+            .await
+            .map(|(status, _, body)| (status, body))
+    }
+
+    /// The same, with the time of the provider's `Date` header, if any.
+    pub async fn get_dated(
+        &self,
+        url: &str,
+    ) -> Result<(http::StatusCode, Option<std::time::SystemTime>, Vec<u8>), HttpError> {
         let response = self
             .client
             .get(url)
@@ -89,7 +104,11 @@ impl Http {
             .await
             .map_err(|e| HttpError::Transport(e.to_string()))?;
         let status = response.status();
-        Ok((status, read_limited(response).await?))
+        let date = response
+            .headers()
+            .get(http::header::DATE)
+            .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok());
+        Ok((status, date, read_limited(response).await?))
     }
 }
 

@@ -196,7 +196,12 @@ impl KeySet {
             Ok(c) if c.azp.as_deref().is_some_and(|azp| azp != self.client_id) => {
                 Bearer::Invalid("azp is not this client".into())
             }
-            Ok(c) if c.azp.is_none() && c.aud.as_ref().is_some_and(|a| a.as_array().is_some_and(|l| l.len() > 1)) => {
+            Ok(c)
+                if c.azp.is_none()
+                    && c.aud
+                        .as_ref()
+                        .is_some_and(|a| a.as_array().is_some_and(|l| l.len() > 1)) =>
+            {
                 Bearer::Invalid("several audiences but no azp".into())
             }
             Ok(c) => Bearer::Valid {

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         eprintln!("ssogate: cannot start the async runtime");
         return ExitCode::FAILURE;
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         if command.is_some() {
             return match check::check(&config).await {
                 Ok(lines) => {
@@ -59,7 +59,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // A name lookup still blocking (a provider that cannot be resolved) must
+    // not hold the exit back.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
 }
 
 async fn shutdown_signal() {

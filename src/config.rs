@@ -114,8 +114,18 @@ pub struct ConfigError {
 }
 
 impl std::fmt::Display for ConfigError {
+    /// One line, always: a control character of an echoed value (a newline
+    /// in `CT_ALLOWED_ORIGINS`, say) is shown escaped.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.var, self.problem)
+        write!(f, "{}: ", self.var)?;
+        for c in self.problem.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -436,3 +436,15 @@ fn limits_and_trusted_proxies_have_safe_defaults_and_can_be_set() {
     assert_eq!(config.limits.max_connections, 50_000);
     assert_eq!(config.limits.body_idle_timeout, Duration::from_secs(120));
 }
+
+/// Found by the `config` fuzz target: a value with a newline echoed in a
+/// problem made the message two lines.
+#[test]
+fn an_echoed_value_never_breaks_the_one_line_rule() {
+    let line = one_error(with(good(), "CT_ALLOWED_ORIGINS", ":\nH"));
+    assert!(!line.contains('\n'), "{line:?}");
+    assert!(
+        line.starts_with("CT_ALLOWED_ORIGINS: `:\\nH` is not an origin"),
+        "{line:?}"
+    );
+}

@@ -28,7 +28,7 @@ for t in "${targets[@]}"; do
   printf -- '--- %s: %ss\n' "$t" "$secs"
   if cargo fuzz run -s none "${flags[@]}" "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
     -max_total_time="$secs" -verbosity=0 -print_final_stats=1 >"$log" 2>&1; then
-    grep -E '^(#[0-9]+ +DONE|Done |INFO: seed corpus|stat::number_of_executed_units)' "$log" || tail -n 5 "$log"
+    grep -E '^(INFO: seed corpus|stat::(number_of_executed_units|average_exec_per_sec|new_units_added))' "$log" || tail -n 5 "$log"
   else
     failed+=("$t")
     # The panic message, its location and the input that caused it.

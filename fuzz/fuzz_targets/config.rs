@@ -41,6 +41,14 @@ const NAMES: &[&str] = &[
     "CT_SESSION_MAX_AGE",
     "CT_SSO_ALLOWED_TENANTS",
     "CT_SSO_EMAIL_FALLBACK",
+    "CT_TRUSTED_PROXIES",
+    "CT_METRICS_ADDR",
+    "CT_MAX_CONNECTIONS",
+    "CT_MAX_HEADER_BYTES",
+    "CT_BODY_IDLE_TIMEOUT",
+    "CT_MAX_LOGIN_STATES",
+    "CT_MAX_REFRESHES",
+    "CT_MAX_REVOCATIONS",
     "CT_SSO_CLIENTSECRET",
     "HOME",
 ];
@@ -139,7 +147,13 @@ fuzz_target!(|data: &[u8]| {
 fn template(pairs: &[(String, String)], var: &str) -> String {
     let stand_in = |v: &str| -> String {
         v.split(',')
-            .map(|part| if part.trim().is_empty() { "" } else { "\u{2603}" })
+            .map(|part| {
+                if part.trim().is_empty() {
+                    ""
+                } else {
+                    "\u{2603}"
+                }
+            })
             .collect::<Vec<_>>()
             .join(",")
     };

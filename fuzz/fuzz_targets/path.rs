@@ -37,7 +37,10 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn check_normal(input: &str, out: &str) {
-    assert!(out.starts_with('/'), "{out:?} (of {input:?}) is not absolute");
+    assert!(
+        out.starts_with('/'),
+        "{out:?} (of {input:?}) is not absolute"
+    );
     assert!(!out.contains("//"), "{out:?} (of {input:?}) holds //");
     assert!(!out.contains('\\'), "{out:?} (of {input:?}) holds \\");
     assert!(
@@ -52,7 +55,9 @@ fn check_normal(input: &str, out: &str) {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
             let v = hex.and_then(|h| u8::from_str_radix(h, 16).ok());
             let Some(v) = v else {
                 panic!("{out:?} (of {input:?}) holds a bad %-escape at {i}");

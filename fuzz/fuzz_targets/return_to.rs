@@ -70,7 +70,10 @@ fn check_local(b: &[u8]) -> Result<(), &'static str> {
     }
     // What the browser requests: the path before any query or fragment, with
     // dot segments resolved; the gate keeps what it reserves for itself.
-    let end = b.iter().position(|&c| c == b'?' || c == b'#').unwrap_or(b.len());
+    let end = b
+        .iter()
+        .position(|&c| c == b'?' || c == b'#')
+        .unwrap_or(b.len());
     let path = String::from_utf8_lossy(&b[..end]);
     if normalise(&path).is_ok_and(|n| is_reserved(&n)) {
         return Err("lies under /sso/ as the gate reads the path");

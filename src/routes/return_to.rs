@@ -32,7 +32,7 @@ pub fn sanitize(rd: Option<&str>) -> String {
 }
 
 fn is_safe(rd: &str) -> bool {
-    if rd.len() > MAX_LEN || !looks_local(rd) || rd.starts_with("/sso/") || rd == "/sso" {
+    if rd.len() > MAX_LEN || !looks_local(rd) || is_gates(rd) {
         return false;
     }
     let mut current = rd.to_string();
@@ -44,13 +44,21 @@ fn is_safe(rd: &str) -> bool {
         if decoded == current {
             return true;
         }
-        if !looks_local(&decoded) || decoded.to_ascii_lowercase().starts_with("/sso/") {
+        if !looks_local(&decoded) || is_gates(&decoded) {
             return false;
         }
         current = decoded;
     }
     // Still changing after several rounds: refuse rather than guess.
     false
+}
+
+/// Whether a layer's path is the gate's own, judged as the router judges
+/// it: in normal form (`/x/../sso`, `/%73so`), any spelling of the prefix
+/// (`/SSO`, `/sso.`). A path with no normal form is refused as well.
+fn is_gates(layer: &str) -> bool {
+    let path = layer.split(['?', '#']).next().unwrap_or_default();
+    crate::path::normalise(path).map_or(true, |p| crate::path::is_reserved(&p))
 }
 
 /// One layer: starts with a single `/`, no backslash, no control characters
@@ -73,6 +81,25 @@ mod tests {
     use proptest::prelude::*;
 
     use super::sanitize;
+
+    /// Found by the `return_to` fuzz target: spellings of the gate's own
+    /// paths that the router treats as `/sso/…` slipped through.
+    #[test]
+    fn every_spelling_of_the_gates_paths_falls_back() {
+        for rd in [
+            "/%73so",
+            "/SSO/logout",
+            "/x/../sso/logout",
+            "/app/%2e%2e/sso/logout?x=1",
+            "/sso?next=1",
+            "/sso./logout",
+            "/sso#x",
+        ] {
+            assert_eq!(sanitize(Some(rd)), "/", "{rd}");
+        }
+        assert_eq!(sanitize(Some("/ssox/a")), "/ssox/a");
+        assert_eq!(sanitize(Some("/files/a%2Fb?q=1")), "/files/a%2Fb?q=1");
+    }
 
     #[test]
     fn local_paths_are_kept() {

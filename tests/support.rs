@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod certs;
 pub mod fake_idp;
+pub mod fake_rig;
 pub mod gate;
 pub mod idp;
 pub mod upstream;

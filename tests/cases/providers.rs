@@ -14,82 +14,14 @@ use crate::support::certs::TestPki;
 use crate::support::fake_idp::{
     ClientAuth, ENTRA_TENANT_ID, FakeIdp, FakeOptions, Preset, SigningKey, groups_overage_claims,
 };
-use crate::support::gate::{CLIENT_ID, Gate, api_client, base_vars, init_logs, reserve};
+use crate::support::fake_rig::Rig;
+use crate::support::gate::{CLIENT_ID, Gate, api_client, base_vars, reserve};
 use crate::support::upstream::{Recorded, Upstream};
 
 /// Another tenant's id, for tenant restriction.
 const OTHER_TENANT: &str = "0b1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d";
 
-/// A gate (https) in front of a recording upstream, signing in at a fake
-/// provider of `preset`, with `vars` added to the base configuration.
-struct Rig {
-    pki: TestPki,
-    upstream: Upstream,
-    idp: FakeIdp,
-    gate: Gate,
-}
-
 impl Rig {
-    async fn start(preset: Preset, vars: &[(&str, &str)]) -> Rig {
-        Self::start_with(preset, vars, |_| {}, false).await
-    }
-
-    /// `shape` edits the provider's options before it starts; `refresh`
-    /// sets `CT_SSO_TOKEN_ENDPT` to its token endpoint.
-    async fn start_with(
-        preset: Preset,
-        vars: &[(&str, &str)],
-        shape: impl FnOnce(&mut FakeOptions),
-        refresh: bool,
-    ) -> Rig {
-        init_logs();
-        let pki = TestPki::new();
-        let upstream = Upstream::start().await;
-        let (listener, url) = reserve(true).await;
-        let mut opts = FakeOptions::preset(preset, &url);
-        shape(&mut opts);
-        let idp = FakeIdp::start(opts).await;
-        let mut all = base_vars(&url, &upstream.url, &idp.authority, &pki, true);
-        if refresh {
-            all.push(("CT_SSO_TOKEN_ENDPT".into(), idp.token_endpoint()));
-        }
-        for (k, v) in vars {
-            all.retain(|(name, _)| name != k);
-            all.push(((*k).to_owned(), (*v).to_owned()));
-        }
-        let gate = Gate::start_on(listener, url, all).await.unwrap();
-        let rig = Rig {
-            pki,
-            upstream,
-            idp,
-            gate,
-        };
-        rig.wait_ready().await;
-        rig
-    }
-
-    async fn readyz(&self) -> u16 {
-        api_client(&self.pki)
-            .get(self.gate.url("/sso/readyz"))
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
-    }
-
-    async fn wait_ready(&self) {
-        crate::assert_eventually!(
-            self.readyz().await == 200,
-            Duration::from_secs(20),
-            "the gate never became ready with the {:?} provider",
-            self.idp.authority
-        );
-    }
-
-    fn browser(&self) -> Browser {
-        Browser::new(Some(&self.pki.ca_pem))
-    }
-
     /// Signs in from `/app` and returns what the upstream saw.
     async fn sign_in(&self, b: &Browser) -> Recorded {
         let (page, visited) = b.follow(&self.gate.url("/app")).await;

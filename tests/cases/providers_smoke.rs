@@ -2,63 +2,19 @@
 //! proof that it works before provider-quirk tests rely on it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use openidconnect::core::{CoreJsonWebKeySet, CoreProviderMetadata};
 
-use crate::support::browser::Browser;
 use crate::support::certs::TestPki;
 use crate::support::fake_idp::{
     ENTRA_TENANT_ID, FakeIdp, FakeOptions, FakeUser, Preset, PublishedKey, SigningKey, sign_compact,
 };
-use crate::support::gate::{Gate, api_client, base_vars, init_logs, reserve};
-use crate::support::upstream::Upstream;
-
-/// A gate (https) in front of a recording upstream, signing in at a fake provider.
-struct Rig {
-    pki: TestPki,
-    upstream: Upstream,
-    idp: FakeIdp,
-    gate: Gate,
-}
-
-impl Rig {
-    async fn start(preset: Preset) -> Rig {
-        init_logs();
-        let pki = TestPki::new();
-        let upstream = Upstream::start().await;
-        let (listener, url) = reserve(true).await;
-        let idp = FakeIdp::start(FakeOptions::preset(preset, &url)).await;
-        let vars = base_vars(&url, &upstream.url, &idp.authority, &pki, true);
-        let gate = Gate::start_on(listener, url, vars).await.unwrap();
-        let client = api_client(&pki);
-        let ready = gate.url("/sso/readyz");
-        crate::assert_eventually!(
-            client
-                .get(&ready)
-                .send()
-                .await
-                .map(|r| r.status() == 200)
-                .unwrap_or(false),
-            Duration::from_secs(20),
-            "the gate never became ready with the fake provider"
-        );
-        Rig {
-            pki,
-            upstream,
-            idp,
-            gate,
-        }
-    }
-
-    fn browser(&self) -> Browser {
-        Browser::new(Some(&self.pki.ca_pem))
-    }
-}
+use crate::support::fake_rig::Rig;
+use crate::support::gate::api_client;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signs_in_through_the_fake_provider_with_identity_headers() {
-    let rig = Rig::start(Preset::Generic).await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     let b = rig.browser();
     let (page, visited) = b.follow(&rig.gate.url("/app?x=1")).await;
     assert_eq!(page.status, 200, "{visited:?}\n{}", page.body);
@@ -93,7 +49,7 @@ async fn signs_in_through_the_fake_provider_with_identity_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_token_without_nonce_fails_the_callback_and_makes_no_session() {
-    let rig = Rig::start(Preset::Generic).await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     rig.idp
         .set(|b| b.token_hook = Some(Arc::new(|d| d.remove_claim("nonce"))));
     let b = rig.browser();
@@ -126,7 +82,7 @@ async fn an_id_token_without_nonce_fails_the_callback_and_makes_no_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_signing_key_is_fetched_once_and_counted() {
-    let rig = Rig::start(Preset::Generic).await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     assert!(rig.idp.discovery_fetches() >= 1);
     assert_eq!(rig.idp.jwks_fetches(), 1, "the gate loads the keys once");
 

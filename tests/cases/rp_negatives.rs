@@ -6,72 +6,27 @@
 //! positives around them: key rotation and clock skew within the leeway.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
 use crate::support::browser::{Browser, Page};
-use crate::support::certs::TestPki;
 use crate::support::fake_idp::{
-    Behaviour, FakeIdp, FakeOptions, FakeUser, IdTokenDraft, Preset, PublishedKey, RawResponse,
-    SigningKey, sign_compact,
+    Behaviour, FakeUser, IdTokenDraft, Preset, PublishedKey, RawResponse, SigningKey, sign_compact,
 };
-use crate::support::gate::{
-    CLIENT_ID, CLIENT_SECRET, Gate, api_client, base_vars, init_logs, reserve,
-};
-use crate::support::upstream::Upstream;
+use crate::support::fake_rig::Rig;
+use crate::support::gate::{CLIENT_ID, CLIENT_SECRET, api_client};
 
 /// The session cookie's name on an https gate (parts are `…_1of3`).
 const SESSION_COOKIE: &str = "__Host-ssogate";
 
-/// A gate (https) in front of a recording upstream, signing in at a fake provider.
-struct Rig {
-    pki: TestPki,
-    upstream: Upstream,
-    idp: FakeIdp,
-    gate: Gate,
+/// The generic fake provider, its behaviour adjusted by `setup` before the
+/// gate loads it.
+async fn rig_with(setup: impl FnOnce(&mut Behaviour)) -> Rig {
+    Rig::start_with(Preset::Generic, &[], |o| setup(&mut o.behaviour), false).await
 }
 
 impl Rig {
-    async fn start() -> Rig {
-        Self::start_with(|_| {}).await
-    }
-
-    /// `setup` adjusts the provider's behaviour before the gate loads it.
-    async fn start_with(setup: impl FnOnce(&mut Behaviour)) -> Rig {
-        init_logs();
-        let pki = TestPki::new();
-        let upstream = Upstream::start().await;
-        let (listener, url) = reserve(true).await;
-        let mut opts = FakeOptions::preset(Preset::Generic, &url);
-        setup(&mut opts.behaviour);
-        let idp = FakeIdp::start(opts).await;
-        let vars = base_vars(&url, &upstream.url, &idp.authority, &pki, true);
-        let gate = Gate::start_on(listener, url, vars).await.unwrap();
-        let client = api_client(&pki);
-        let ready = gate.url("/sso/readyz");
-        crate::assert_eventually!(
-            client
-                .get(&ready)
-                .send()
-                .await
-                .map(|r| r.status() == 200)
-                .unwrap_or(false),
-            Duration::from_secs(20),
-            "the gate never became ready with the fake provider"
-        );
-        Rig {
-            pki,
-            upstream,
-            idp,
-            gate,
-        }
-    }
-
-    fn browser(&self) -> Browser {
-        Browser::new(Some(&self.pki.ca_pem))
-    }
-
     /// Makes every token answer go through `edit`; returns the ID tokens
     /// actually sent (signed here exactly as the fake signs them).
     fn token_hook(
@@ -282,7 +237,7 @@ fn raw_answer(rig: &Rig, answer: RawResponse) -> Arc<Mutex<Vec<String>>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsigned_alg_none_id_token_is_refused() {
-    let rig = Rig::start().await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     let issued = rig.token_hook(|d| {
         d.header.insert("alg".into(), "none".into());
         d.header.remove("kid");
@@ -293,7 +248,7 @@ async fn an_unsigned_alg_none_id_token_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_rs256_signature_is_refused() {
-    let rig = Rig::start().await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     let issued = rig.token_hook(|d| d.corrupt_signature = true);
     rig.assert_refused("bad signature", &issued).await;
 }
@@ -302,7 +257,7 @@ async fn a_bad_rs256_signature_is_refused() {
 /// published RSA key's kid, while only RSA keys are published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_hs256_token_keyed_with_the_client_secret_is_refused() {
-    let rig = Rig::start().await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     let issued = rig.token_hook(|d| {
         d.sign_with(SigningKey::Hs256Secret);
         d.header.insert("kid".into(), "k1".into());
@@ -314,7 +269,7 @@ async fn an_hs256_token_keyed_with_the_client_secret_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_kid_refetches_the_keys_once_and_is_refused() {
-    let rig = Rig::start().await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     assert_eq!(rig.idp.jwks_fetches(), 1, "the gate loads the keys once");
     // Signed with k2, which the provider does not publish.
     rig.idp.set(|b| b.signing_key = SigningKey::Rsa2);
@@ -334,7 +289,7 @@ async fn an_unknown_kid_refetches_the_keys_once_and_is_refused() {
 /// as OpenID Connect Core 10.1 says (a kid is required with several keys).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_kid_with_several_rsa_keys_is_refused_as_ambiguous() {
-    let rig = Rig::start_with(|b| {
+    let rig = rig_with(|b| {
         b.keys = vec![
             PublishedKey::new(SigningKey::Rsa1),
             PublishedKey::new(SigningKey::Rsa2),
@@ -357,28 +312,28 @@ async fn no_kid_with_several_rsa_keys_is_refused_as_ambiguous() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_issuer_is_refused() {
-    let rig = Rig::start().await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     let issued = rig.token_hook(|d| d.set_claim("iss", "https://evil.example"));
     rig.assert_refused("wrong issuer", &issued).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_audience_is_refused() {
-    let rig = Rig::start().await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     let issued = rig.token_hook(|d| d.set_claim("aud", "another-client"));
     rig.assert_refused("wrong audience", &issued).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_audience_list_without_the_client_id_is_refused() {
-    let rig = Rig::start().await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     let issued = rig.token_hook(|d| d.set_claim("aud", json!(["another-client", "a-third"])));
     rig.assert_refused("wrong audience", &issued).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_azp_is_refused() {
-    let rig = Rig::start().await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     let issued = rig.token_hook(|d| {
         d.set_claim("aud", CLIENT_ID);
         d.set_claim("azp", "another-client");
@@ -388,7 +343,7 @@ async fn a_wrong_azp_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_id_token_is_refused() {
-    let rig = Rig::start().await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     let issued = rig.token_hook(|d| {
         let now = now();
         d.set_claim("iat", now - 3600);
@@ -399,7 +354,7 @@ async fn an_expired_id_token_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_iat_beyond_the_leeway_in_the_future_is_refused() {
-    let rig = Rig::start().await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     let issued = rig.token_hook(|d| {
         let now = now();
         d.set_claim("iat", now + 600);
@@ -410,7 +365,7 @@ async fn an_iat_beyond_the_leeway_in_the_future_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_nonce_is_refused() {
-    let rig = Rig::start().await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     let issued = rig.token_hook(|d| d.remove_claim("nonce"));
     rig.assert_refused("nonce missing or mismatched", &issued)
         .await;
@@ -418,7 +373,7 @@ async fn a_missing_nonce_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mismatched_nonce_is_refused() {
-    let rig = Rig::start().await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     let issued = rig.token_hook(|d| d.set_claim("nonce", "not-the-nonce-the-gate-sent"));
     rig.assert_refused("nonce missing or mismatched", &issued)
         .await;
@@ -428,7 +383,7 @@ async fn a_mismatched_nonce_is_refused() {
 /// another subject.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_userinfo_sub_other_than_the_id_tokens_is_refused() {
-    let rig = Rig::start_with(|b| {
+    let rig = rig_with(|b| {
         b.user = FakeUser {
             email: None,
             ..FakeUser::new("alice")
@@ -456,7 +411,7 @@ const NOT_JSON: &str = "the token endpoint did not answer a JSON token response"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_endpoint_oauth_error_is_refused() {
-    let rig = Rig::start().await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     for (status, error) in [(400, "invalid_request"), (401, "invalid_client")] {
         let issued = raw_answer(&rig, RawResponse::oauth_error(status, error));
         let page = rig.assert_provider_fault("token endpoint", &issued).await;
@@ -471,7 +426,7 @@ async fn a_token_endpoint_oauth_error_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_endpoint_html_500_is_refused() {
-    let rig = Rig::start().await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     let html = "<!doctype html><title>Oops</title><h1>Internal Server Error</h1>";
     let issued = raw_answer(&rig, RawResponse::html(500, html));
     let page = rig.assert_provider_fault(NOT_JSON, &issued).await;
@@ -480,7 +435,7 @@ async fn a_token_endpoint_html_500_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_endpoint_200_non_json_is_refused() {
-    let rig = Rig::start().await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     let html = "<!doctype html><title>Welcome</title><p>Sign in to continue</p>";
     let issued = raw_answer(&rig, RawResponse::html(200, html));
     let page = rig.assert_provider_fault(NOT_JSON, &issued).await;
@@ -493,7 +448,7 @@ async fn a_token_endpoint_200_non_json_is_refused() {
 /// A 3 MB claim: the gate reads at most 1 MiB of a provider's answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multi_megabyte_id_token_is_refused() {
-    let rig = Rig::start().await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     let issued = rig.token_hook(|d| d.set_claim("filler", "x".repeat(3 * 1024 * 1024)));
     rig.assert_provider_fault("larger than 1024 KiB", &issued)
         .await;
@@ -505,7 +460,7 @@ async fn a_multi_megabyte_id_token_is_refused() {
 /// refetches the JWKS once and succeeds, with the same running gate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_rotation_at_the_provider_is_followed_without_a_restart() {
-    let rig = Rig::start().await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     let first = rig.assert_signs_in("/before", "alice").await;
     assert_eq!(rig.idp.jwks_fetches(), 1);
     let discoveries = rig.idp.discovery_fetches();
@@ -533,7 +488,7 @@ async fn key_rotation_at_the_provider_is_followed_without_a_restart() {
 /// With the default 60 s leeway: `iat` 30 s ahead, and `exp` 30 s ago.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clock_skew_within_the_default_leeway_still_signs_in() {
-    let rig = Rig::start().await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     rig.token_hook(|d| {
         let now = now();
         d.set_claim("iat", now + 30);
@@ -553,7 +508,7 @@ async fn clock_skew_within_the_default_leeway_still_signs_in() {
 /// most one key-set fetch per reload interval, and each is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_unknown_key_ids_fetches_the_keys_once() {
-    let rig = Rig::start().await;
+    let rig = Rig::start(Preset::Generic, &[]).await;
     let before = rig.idp.jwks_fetches();
     let client = api_client(&rig.pki);
     let now = now();

@@ -14,6 +14,9 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+mod verified;
+
+use self::verified::Verified;
 use super::quirks::{self, IssuerRule};
 use crate::identity::Identity;
 use crate::provider::Bearer;
@@ -71,6 +74,8 @@ pub struct KeySet {
     validations: HashMap<Algorithm, Validation>,
     trust: Trust,
     client_id: String,
+    /// Bearer tokens that verified, so a repeat costs no signature check.
+    verified: Verified,
 }
 
 #[derive(Deserialize)]
@@ -172,6 +177,7 @@ impl KeySet {
             validations,
             trust,
             client_id: client_id.to_owned(),
+            verified: Verified::new(leeway.as_secs()),
         }
     }
 
@@ -187,8 +193,32 @@ impl KeySet {
         self.entries.iter().any(|e| e.kid.as_deref() == Some(kid))
     }
 
-    /// Verifies a bearer token: signature, `iss`, `aud`, `exp`, `nbf`.
+    /// Verifies a bearer token: signature, `iss`, `aud`, `exp`, `nbf`; a
+    /// token seen verified before is answered from [`Verified`].
     pub fn verify(&self, token: &str) -> Bearer {
+        if token.len() > MAX_TOKEN_LEN {
+            return Bearer::Invalid("token too long".into());
+        }
+        let now = crate::clock::now();
+        let key = Verified::key(token);
+        if let Some((identity, expires_at)) = self.verified.get(&key, now) {
+            return Bearer::Valid {
+                identity,
+                expires_at,
+            };
+        }
+        let outcome = self.verify_signed(token);
+        if let Bearer::Valid {
+            identity,
+            expires_at,
+        } = &outcome
+        {
+            self.verified.put(key, identity, *expires_at, now);
+        }
+        outcome
+    }
+
+    fn verify_signed(&self, token: &str) -> Bearer {
         match self.decode::<Claims>(token, |alg| self.validations.get(&alg).cloned()) {
             // As for ID tokens (OpenID Connect Core 3.1.3.7): a token meant
             // for several parties must name this client as the one it was

@@ -56,9 +56,14 @@ fn is_safe(rd: &str) -> bool {
 /// Whether a layer's path is the gate's own, judged as the router judges
 /// it: in normal form (`/x/../sso`, `/%73so`), any spelling of the prefix
 /// (`/SSO`, `/sso.`). A path with no normal form is refused as well.
+///
+/// Both the raw path and its normal form are judged: a browser resolves
+/// `..` without merging slashes, so `/sso//..` is `/sso/` to it though it
+/// is `/` in the gate's normal form.
 fn is_gates(layer: &str) -> bool {
     let path = layer.split(['?', '#']).next().unwrap_or_default();
-    crate::path::normalise(path).map_or(true, |p| crate::path::is_reserved(&p))
+    crate::path::is_reserved(path)
+        || crate::path::normalise(path).map_or(true, |p| crate::path::is_reserved(&p))
 }
 
 /// One layer: starts with a single `/`, no backslash, no control characters
@@ -94,6 +99,7 @@ mod tests {
             "/sso?next=1",
             "/sso./logout",
             "/sso#x",
+            "/sso//..",
         ] {
             assert_eq!(sanitize(Some(rd)), "/", "{rd}");
         }

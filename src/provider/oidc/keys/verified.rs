@@ -100,10 +100,16 @@ mod tests {
         let v = Verified::new(60);
         let k = Verified::key("a.b.c");
         v.put(k, &id("alice"), 1_000, 900);
-        assert_eq!(v.get(&k, 950).map(|(i, e)| (i.sub, e)), Some(("alice".into(), 1_000)));
+        assert_eq!(
+            v.get(&k, 950).map(|(i, e)| (i.sub, e)),
+            Some(("alice".into(), 1_000))
+        );
         assert!(v.get(&k, 1_059).is_some(), "within the leeway");
         assert!(v.get(&k, 1_060).is_none(), "expired");
-        assert!(v.get(&Verified::key("a.b.d"), 950).is_none(), "one byte differs");
+        assert!(
+            v.get(&Verified::key("a.b.d"), 950).is_none(),
+            "one byte differs"
+        );
     }
 
     #[test]
@@ -112,7 +118,10 @@ mod tests {
         let k = Verified::key("t");
         v.put(k, &id("a"), u64::MAX / 2, 0);
         assert!(v.get(&k, MAX_AGE_SECS - 1).is_some());
-        assert!(v.get(&k, MAX_AGE_SECS).is_none(), "re-verified after its age limit");
+        assert!(
+            v.get(&k, MAX_AGE_SECS).is_none(),
+            "re-verified after its age limit"
+        );
         for i in 0..(SHARDS * PER_SHARD * 3) {
             v.put(Verified::key(&i.to_string()), &id("x"), 10_000, 0);
         }

@@ -107,12 +107,15 @@ impl Note {
     }
 
     fn outcome(&self) -> Option<Outcome> {
-        match self.outcome.load(Ordering::Relaxed) {
-            1 => Some(Outcome::Forwarded),
-            4 => Some(Outcome::Error),
-            5 => Some(Outcome::Sso),
-            _ => None,
-        }
+        const ALL: [Outcome; 5] = [
+            Outcome::Forwarded,
+            Outcome::SignIn,
+            Outcome::Rejected,
+            Outcome::Error,
+            Outcome::Sso,
+        ];
+        let stored = usize::from(self.outcome.load(Ordering::Relaxed));
+        stored.checked_sub(1).and_then(|i| ALL.get(i).copied())
     }
 
     fn upstream(&self) -> Option<Duration> {
@@ -306,22 +309,32 @@ async fn forward(
             routes::with_cookies(resp, cookies)
         }
         // A client that vanished or stalled mid-upload is no upstream failure.
-        Err(e) if e.client_body().is_some() => {
-            tracing::debug!(error = %e, "the client's request body failed");
-            let why = if e.client_body() == Some(true) {
-                "the request body stopped arriving"
-            } else {
-                "the request body could not be read"
-            };
-            routes::with_cookies(Failure::BadRequest(why.into()).respond(html), cookies)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "upstream unavailable");
-            state.metrics.upstream_errors.increment(1);
-            note.set(Outcome::Error);
-            routes::with_cookies(Failure::UpstreamUnavailable.respond(html), cookies)
-        }
+        Err(e) => match e.client_body() {
+            Some(idle) => {
+                tracing::debug!(error = %e, "the client's request body failed");
+                let why = if idle {
+                    "the request body stopped arriving"
+                } else {
+                    "the request body could not be read"
+                };
+                routes::with_cookies(Failure::BadRequest(why.into()).respond(html), cookies)
+            }
+            None => upstream_failed(state, note, &e, html, cookies),
+        },
     }
+}
+
+fn upstream_failed(
+    state: &State,
+    note: &Note,
+    e: &crate::proxy::ProxyError,
+    html: bool,
+    cookies: Vec<http::HeaderValue>,
+) -> Response<Body> {
+    tracing::warn!(error = %e, "upstream unavailable");
+    state.metrics.upstream_errors.increment(1);
+    note.set(Outcome::Error);
+    routes::with_cookies(Failure::UpstreamUnavailable.respond(html), cookies)
 }
 
 /// The token of `Authorization: Bearer …`, if that is the scheme.

@@ -357,15 +357,19 @@ async fn an_expired_session_is_no_session() {
     let page = b.get(&w.url("/app")).await;
     assert_eq!(page.status, 200, "before expiry: {}", page.body);
 
+    // Taken before the wait: the cookie's Max-Age ends with the tokens, so the
+    // browser may drop it at about the moment we test; a copy replayed by
+    // hand is what the gate must refuse.
+    let cookie = b
+        .cookie(&w.url("/"), SESSION_COOKIE)
+        .expect("the browser holds the session cookie after sign-in");
+
     // Waiting for the expiry is the point of this test (at most ~3 s).
     let until = UNIX_EPOCH + Duration::from_secs(expires_at) + Duration::from_millis(200);
     if let Ok(left) = until.duration_since(SystemTime::now()) {
         tokio::time::sleep(left).await;
     }
 
-    let cookie = b
-        .cookie(&w.url("/"), SESSION_COOKIE)
-        .expect("the browser still holds the cookie; the gate must refuse it");
     assert_cookie_is_no_session(&w, &format!("{SESSION_COOKIE}={cookie}"), "expired session").await;
     let page = b.get(&w.url("/app")).await;
     assert_sign_in_redirect(

@@ -148,6 +148,9 @@ async fn route(
     peer: SocketAddr,
     note: &Note,
 ) -> Response<Body> {
+    if req.extensions().get::<AmbiguousFraming>().is_some() {
+        return ambiguous_framing(&req);
+    }
     // One normal form for every decision below and for the upstream.
     match crate::path::normalise(req.uri().path()) {
         Ok(Cow::Borrowed(_)) => {}
@@ -248,6 +251,28 @@ fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
         None => path.to_owned(),
     };
     http::Uri::builder().path_and_query(pq).build().ok()
+}
+
+/// Marks a request whose head framed its body ambiguously (both
+/// `Content-Length` and `Transfer-Encoding`, or `Content-Length` twice), or
+/// one that came after such a request on its connection; set by the server's
+/// framing watcher, which sees the headers hyper drops or merges.
+#[derive(Debug, Clone, Copy)]
+pub struct AmbiguousFraming;
+
+/// 400, and the connection closed: the bytes after an ambiguous head could be
+/// a request smuggled past a proxy in front, so none of them is read.
+fn ambiguous_framing(req: &Request<Incoming>) -> Response<Body> {
+    tracing::debug!("request refused: ambiguous message framing");
+    let mut resp = Failure::BadRequest(
+        "The request frames its body ambiguously (Content-Length with Transfer-Encoding, or Content-Length twice).".into(),
+    )
+    .respond(respond::wants_html(req.headers()));
+    resp.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    resp
 }
 
 fn bad_path(req: &Request<Incoming>, why: &str) -> Response<Body> {

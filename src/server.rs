@@ -1,8 +1,10 @@
 //! Accepting connections: HTTP/1.1 and HTTP/2 (hyper-util auto, with
-//! upgrades), optional TLS, a header-read timeout against slow clients, and
+//! upgrades), optional TLS, a header-read timeout against slow clients, a
+//! watch on HTTP/1 framing against request smuggling, and
 //! graceful shutdown that lets in-flight requests finish for a bounded time.
 
 mod first_bytes;
+mod framing;
 pub mod tls;
 
 use std::future::Future;
@@ -18,7 +20,8 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use self::first_bytes::FirstBytes;
-use crate::router::{self, State};
+use self::framing::{Framing, Verdicts};
+use crate::router::{self, AmbiguousFraming, State};
 
 /// Headers accepted in one HTTP/1.1 request (431 beyond).
 const MAX_HEADERS: usize = 128;
@@ -97,9 +100,17 @@ pub async fn serve(
         // Bounds the TLS handshake and then the wait for the first bytes
         // (hyper's HTTP/1 header timer only starts once the protocol is known).
         let handshake_timeout = settings.header_read_timeout;
+        let max_head = settings.max_header_bytes;
         tokio::spawn(async move {
             let _slot = slot;
-            let service = service_fn(move |req| router::handle(state.clone(), req, peer));
+            let verdicts = Arc::new(Verdicts::default());
+            let seen = verdicts.clone();
+            let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                if seen.next_is_ambiguous() {
+                    req.extensions_mut().insert(AmbiguousFraming);
+                }
+                router::handle(state.clone(), req, peer)
+            });
             match tls {
                 Some(acceptor) => {
                     let stream = match tokio::time::timeout(
@@ -114,7 +125,11 @@ pub async fn serve(
                         }
                         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                     };
-                    let io = FirstBytes::new(stream, handshake_timeout);
+                    let io = Framing::new(
+                        FirstBytes::new(stream, handshake_timeout),
+                        max_head,
+                        verdicts,
+                    );
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(io), service)
                         .into_owned();
@@ -123,7 +138,11 @@ pub async fn serve(
                     }
                 }
                 None => {
-                    let io = FirstBytes::new(stream, handshake_timeout);
+                    let io = Framing::new(
+                        FirstBytes::new(stream, handshake_timeout),
+                        max_head,
+                        verdicts,
+                    );
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(io), service)
                         .into_owned();

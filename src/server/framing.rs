@@ -1,0 +1,324 @@
+//! Request framing, followed on the bytes hyper reads.
+//!
+//! Two request-smuggling shapes never reach the gate's service as such:
+//! hyper reads a request that carries both `Content-Length` and
+//! `Transfer-Encoding` as chunked and drops `Content-Length` (RFC 9112
+//! §6.1 allows that, with a close after the answer), and it merges repeated
+//! `Content-Length` headers of one value. A proxy in front that frames such a
+//! message the other way sees another request boundary than hyper, which is
+//! the whole attack; the gate refuses both outright, with 400 and a close.
+//!
+//! To see them, [`Framing`] follows HTTP/1.1 framing over the stream as it is
+//! read: a request head (parsed with httparse, as hyper does), then its
+//! body (a fixed length or chunks and trailers), then the next head. When a
+//! head frames its body ambiguously it records that request's number in the
+//! connection's [`Verdicts`], and the service, which counts the requests it
+//! is handed, refuses that one and every later one. Whatever the watcher
+//! cannot follow (the HTTP/2 preface, a head hyper will refuse anyway, the
+//! bytes of an upgraded connection) switches it off for the connection:
+//! hyper's own checks still stand there, and an upgraded connection is
+//! handed no further requests. The cost is one extra httparse pass per
+//! request head; bodies are skipped by counting.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Headers parsed per head; a head with more is refused by hyper (431).
+const MAX_HEADERS: usize = 128;
+/// The longest chunk-size or trailer line followed.
+const MAX_LINE: usize = 4096;
+
+/// What the watcher found out, shared with the connection's service.
+#[derive(Debug)]
+pub struct Verdicts {
+    /// Number (from 0) of the first request with an ambiguous head.
+    first_ambiguous: AtomicU64,
+    /// Requests handed to the service so far.
+    handed: AtomicU64,
+}
+
+impl Default for Verdicts {
+    fn default() -> Self {
+        Self {
+            first_ambiguous: AtomicU64::new(u64::MAX),
+            handed: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Verdicts {
+    /// Called once per request, in order, by the service: true when this
+    /// request (or one before it on the connection) framed its body
+    /// ambiguously. HTTP/2 streams count too, but the watcher is off there.
+    pub fn next_is_ambiguous(&self) -> bool {
+        let n = self.handed.fetch_add(1, Ordering::Relaxed);
+        n >= self.first_ambiguous.load(Ordering::Acquire)
+    }
+
+    fn ambiguous(&self, request: u64) {
+        self.first_ambiguous.fetch_min(request, Ordering::Release);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading a request head.
+    Head,
+    /// This many body bytes still to come.
+    Fixed(u64),
+    /// Reading a chunk-size line.
+    ChunkSize,
+    /// This many bytes of chunk data still to come.
+    ChunkData(u64),
+    /// Reading the line end after chunk data.
+    ChunkEnd,
+    /// Reading trailer lines, up to an empty one.
+    Trailers,
+    /// Not following this connection any more.
+    Off,
+}
+
+pub struct Framing<I> {
+    io: I,
+    state: State,
+    /// A head or line that spans reads, so far.
+    partial: Vec<u8>,
+    /// The number of the request whose head comes next.
+    request: u64,
+    /// Largest request head followed (`CT_MAX_HEADER_BYTES`).
+    max_head: usize,
+    verdicts: std::sync::Arc<Verdicts>,
+}
+
+impl<I> Framing<I> {
+    pub fn new(io: I, max_head: usize, verdicts: std::sync::Arc<Verdicts>) -> Self {
+        Self {
+            io,
+            state: State::Head,
+            partial: Vec::new(),
+            request: 0,
+            max_head,
+            verdicts,
+        }
+    }
+
+    /// Follows newly read bytes.
+    fn feed(&mut self, mut input: &[u8]) {
+        while !input.is_empty() {
+            let used = match self.state {
+                State::Off => return,
+                State::Head => self.head(input),
+                State::Fixed(left) => {
+                    let n = left.min(input.len() as u64);
+                    self.state = match left - n {
+                        0 => State::Head,
+                        more => State::Fixed(more),
+                    };
+                    // n ≤ input.len(), so it fits.
+                    usize::try_from(n).unwrap_or(input.len())
+                }
+                State::ChunkData(left) => {
+                    let n = left.min(input.len() as u64);
+                    self.state = match left - n {
+                        0 => State::ChunkEnd,
+                        more => State::ChunkData(more),
+                    };
+                    usize::try_from(n).unwrap_or(input.len())
+                }
+                State::ChunkSize | State::ChunkEnd | State::Trailers => self.line(input),
+            };
+            input = &input[used.min(input.len())..];
+        }
+    }
+
+    /// Reads (part of) a request head; returns the bytes of `input` used.
+    fn head(&mut self, input: &[u8]) -> usize {
+        let before = self.partial.len();
+        if before > 0 {
+            let room = self.max_head.saturating_sub(before);
+            self.partial
+                .extend_from_slice(&input[..input.len().min(room)]);
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let data = if before > 0 { &self.partial[..] } else { input };
+        match req.parse(data) {
+            Ok(httparse::Status::Complete(len)) => {
+                let next = next_state(&req);
+                if next == Next::Ambiguous {
+                    self.verdicts.ambiguous(self.request);
+                }
+                self.state = match next {
+                    Next::Ambiguous | Next::Unknown => State::Off,
+                    Next::Empty => State::Head,
+                    Next::Fixed(n) => State::Fixed(n),
+                    Next::Chunked => State::ChunkSize,
+                };
+                self.request += 1;
+                self.partial.clear();
+                len.saturating_sub(before)
+            }
+            Ok(httparse::Status::Partial) => {
+                if before == 0 {
+                    if input.len() >= self.max_head {
+                        self.state = State::Off;
+                    } else {
+                        self.partial.extend_from_slice(input);
+                    }
+                } else if self.partial.len() >= self.max_head {
+                    // hyper answers 431 to a head this long.
+                    self.off();
+                }
+                input.len()
+            }
+            Err(_) => {
+                // Not a request hyper will serve (or not HTTP/1 at all).
+                self.off();
+                input.len()
+            }
+        }
+    }
+
+    /// Reads (part of) a chunk-size, chunk-end or trailer line.
+    fn line(&mut self, input: &[u8]) -> usize {
+        let Some(end) = input.iter().position(|&b| b == b'\n') else {
+            if self.partial.len() + input.len() > MAX_LINE {
+                self.off();
+            } else {
+                self.partial.extend_from_slice(input);
+            }
+            return input.len();
+        };
+        let used = end + 1;
+        let whole: &[u8] = if self.partial.is_empty() {
+            &input[..used]
+        } else {
+            self.partial.extend_from_slice(&input[..used]);
+            &self.partial
+        };
+        self.state = match self.state {
+            State::ChunkSize => match httparse::parse_chunk_size(whole) {
+                Ok(httparse::Status::Complete((_, 0))) => State::Trailers,
+                Ok(httparse::Status::Complete((_, size))) => State::ChunkData(size),
+                _ => State::Off,
+            },
+            State::ChunkEnd => State::ChunkSize,
+            // An empty line ends the trailers, and the message.
+            _ if whole == b"\r\n" || whole == b"\n" => State::Head,
+            other => other,
+        };
+        self.partial.clear();
+        used
+    }
+
+    fn off(&mut self) {
+        self.state = State::Off;
+        self.partial = Vec::new();
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Both Content-Length and Transfer-Encoding, or Content-Length twice.
+    Ambiguous,
+    /// A head hyper refuses (bad length, an encoding other than chunked last).
+    Unknown,
+    Empty,
+    Fixed(u64),
+    Chunked,
+}
+
+/// How the body after this head is framed (RFC 9112 §6.3, for requests).
+fn next_state(req: &httparse::Request<'_, '_>) -> Next {
+    let mut lengths = 0usize;
+    let mut length = None;
+    let mut encoded = false;
+    let mut chunked_last = false;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            lengths += 1;
+            length = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if length.is_none() {
+                // "1, 1" and the like are a list of lengths: ambiguous too.
+                return if h.value.contains(&b',') {
+                    Next::Ambiguous
+                } else {
+                    Next::Unknown
+                };
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            encoded = true;
+            chunked_last = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        }
+    }
+    if lengths > 1 || (lengths == 1 && encoded) {
+        return Next::Ambiguous;
+    }
+    match (encoded, length) {
+        (true, _) if chunked_last && req.version == Some(1) => Next::Chunked,
+        (true, _) => Next::Unknown,
+        (false, Some(0) | None) => Next::Empty,
+        (false, Some(n)) => Next::Fixed(n),
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Framing<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &result
+            && this.state != State::Off
+        {
+            this.feed(&buf.filled()[before..]);
+        }
+        result
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Framing<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -21,7 +21,7 @@ use ssogate::provider::oidc::keys::{KeySet, Trust};
 use ssogate::provider::oidc::quirks::IssuerRule;
 use ssogate::proxy::headers::{Outbound, to_upstream};
 use ssogate::routes::return_to;
-use ssogate::session::{CookieNames, CookieStore, Sealer, Session, Store};
+use ssogate::session::{CookieNames, CookieStore, Recent, Sealer, Session, Store};
 
 fn session(id_token_len: usize) -> Session {
     Session {
@@ -81,6 +81,11 @@ fn cookies(c: &mut Criterion) {
         let req = request_with_session(&store, len);
         c.bench_function(&format!("session_open/{label}"), |b| {
             b.iter(|| black_box(store.load(black_box(&req))))
+        });
+        // The next request of the same connection with the same cookie.
+        let recent = Recent::default();
+        c.bench_function(&format!("session_open/{label}/connection_repeat"), |b| {
+            b.iter(|| black_box(store.load_recent(black_box(&req), &recent)))
         });
     }
 }

@@ -46,14 +46,10 @@ pub fn refreshable(state: &State, session: &Session) -> bool {
 }
 
 /// Where a session a request carries stands, after refreshing it if due.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "made once per request and moved straight out; boxing would allocate on the hot path"
-)]
 pub enum Checked {
     /// Use this session; `cookies` carry it back when it was refreshed.
     Valid {
-        session: Session,
+        session: Arc<Session>,
         cookies: Vec<HeaderValue>,
     },
     /// The provider refused the refresh; `cookies` delete the session.
@@ -65,7 +61,7 @@ pub enum Checked {
 }
 
 /// Decides on a loaded session and refreshes it when due.
-pub async fn check(state: &State, session: Session, request: &HeaderMap, now: u64) -> Checked {
+pub async fn check(state: &State, session: Arc<Session>, request: &HeaderMap, now: u64) -> Checked {
     let credential = Credential::Session {
         session: &session,
         refreshable: refreshable(state, &session),
@@ -82,7 +78,7 @@ pub async fn check(state: &State, session: Session, request: &HeaderMap, now: u6
                     tracing::error!(error = %e, "cannot store the refreshed session");
                 }
                 Checked::Valid {
-                    session: *new,
+                    session: Arc::from(new),
                     cookies,
                 }
             }

@@ -28,10 +28,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    else {
+    let Ok(runtime) = ssogate::server::runtime(config.limits.worker_threads) else {
         eprintln!("ssogate: cannot start the async runtime");
         return ExitCode::FAILURE;
     };

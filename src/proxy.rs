@@ -4,6 +4,7 @@
 pub mod cutoff;
 pub mod headers;
 pub mod idle;
+mod lazy_buf;
 pub mod upgrade;
 
 use std::net::IpAddr;

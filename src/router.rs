@@ -22,7 +22,7 @@ use crate::proxy::{Forward, Proxy, upgrade};
 use crate::respond::{self, Body, Failure};
 use crate::routes;
 use crate::session::refresh::SingleFlight;
-use crate::session::{LoginStates, Session, Store};
+use crate::session::{LoginStates, Recent, Session, Store};
 use crate::telemetry::metrics::{Metrics, Outcome};
 use crate::telemetry::request_id;
 
@@ -51,6 +51,7 @@ pub async fn handle(
     state: Arc<State>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
+    recent: Arc<Recent>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let start = Instant::now();
     let id = request_id::of(req.headers());
@@ -65,7 +66,7 @@ pub async fn handle(
     req.headers_mut()
         .insert(request_id::X_REQUEST_ID, id.clone());
     let note = Note::default();
-    let mut resp = route(&state, req, peer, &note)
+    let mut resp = route(&state, req, peer, &recent, &note)
         .instrument(span.clone())
         .await;
     resp.headers_mut().insert(request_id::X_REQUEST_ID, id);
@@ -135,7 +136,7 @@ pub fn is_gate_path(path: &str) -> bool {
 enum Tie {
     /// Unauthenticated mode: nothing.
     Nothing,
-    Session(Session),
+    Session(Arc<Session>),
     Bearer {
         identity: Identity,
         expires_at: u64,
@@ -146,6 +147,7 @@ async fn route(
     state: &Arc<State>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
+    recent: &Recent,
     note: &Note,
 ) -> Response<Body> {
     if req.extensions().get::<AmbiguousFraming>().is_some() {
@@ -176,7 +178,7 @@ async fn route(
     let navigation = gate::is_navigation(req.method(), req.headers());
     if let Some(session) = state
         .store
-        .load(req.headers())
+        .load_recent(req.headers(), recent)
         .filter(|s| state.registry.get(&s.option).is_some())
     {
         return with_session(state, req, peer, session, navigation, now, note).await;
@@ -219,7 +221,7 @@ async fn with_session(
     state: &Arc<State>,
     req: Request<Incoming>,
     peer: SocketAddr,
-    session: Session,
+    session: Arc<Session>,
     navigation: bool,
     now: u64,
     note: &Note,

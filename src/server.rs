@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use self::first_bytes::FirstBytes;
 use self::framing::{Framing, Verdicts};
 use crate::router::{self, AmbiguousFraming, State};
+use crate::session::Recent;
 
 /// Headers accepted in one HTTP/1.1 request (431 beyond).
 const MAX_HEADERS: usize = 128;
@@ -50,6 +51,19 @@ fn builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
         .max_local_error_reset_streams(Some(256))
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
     b
+}
+
+/// One thread: everything on it (no cross-thread wake-ups); else a
+/// work-stealing pool of that many threads (default: one per usable CPU).
+pub fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if let Some(n) = threads.filter(|n| *n > 1) {
+        b.worker_threads(n);
+    }
+    b.enable_all().build()
 }
 
 /// Serves until `shutdown` resolves, then drains.
@@ -105,11 +119,12 @@ pub async fn serve(
             let _slot = slot;
             let verdicts = Arc::new(Verdicts::default());
             let seen = verdicts.clone();
+            let recent = Arc::new(Recent::default());
             let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 if seen.next_is_ambiguous() {
                     req.extensions_mut().insert(AmbiguousFraming);
                 }
-                router::handle(state.clone(), req, peer)
+                router::handle(state.clone(), req, peer, recent.clone())
             });
             match tls {
                 Some(acceptor) => {

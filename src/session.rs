@@ -7,8 +7,11 @@ mod codec;
 mod cookie_store;
 pub mod cookies;
 mod login_state;
+mod recent;
 pub mod refresh;
 pub mod revocation;
+
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
@@ -17,6 +20,7 @@ pub use codec::{SealError, Sealer};
 pub use cookie_store::CookieStore;
 pub use cookies::CookieNames;
 pub use login_state::{LoginState, LoginStateError, LoginStates};
+pub use recent::Recent;
 pub use revocation::{Revocation, Revocations};
 
 use crate::config::Secret;
@@ -94,6 +98,13 @@ pub enum StoreError {
 pub trait Store: Send + Sync {
     /// The session the request carries, if any opens; expiry is the gate's decision.
     fn load(&self, headers: &HeaderMap) -> Option<Session>;
+    /// [`Store::load`] for a request of a connection whose last session is
+    /// in `recent`: the request path's form, which may answer from it (see
+    /// [`Recent`]); revocation is checked either way.
+    fn load_recent(&self, headers: &HeaderMap, recent: &Recent) -> Option<Arc<Session>> {
+        let _ = recent;
+        self.load(headers).map(Arc::new)
+    }
     /// `Set-Cookie` values that make the browser carry `session` from now on.
     fn save(
         &self,

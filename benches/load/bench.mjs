@@ -21,6 +21,14 @@ const [configPath, outPath] = process.argv.slice(2);
 const cfg = JSON.parse(fs.readFileSync(configPath, 'utf8'));
 const log = (...a) => process.stderr.write(`${a.join(' ')}\n`);
 
+// BENCH_ONLY=id,id…: just these variants (and the direct and nginx runs their
+// ratios need), for a quick look; a published table runs them all.
+if (process.env.BENCH_ONLY) {
+  const want = new Set(process.env.BENCH_ONLY.split(',').map((x) => x.trim()));
+  for (const v of cfg.variants) if (want.has(v.id)) { want.add(v.base); want.add(v.nginx); }
+  cfg.variants = cfg.variants.filter((v) => want.has(v.id));
+}
+
 const sampleCpu = () => sampleTrees(cfg.procs);
 
 // ------------------------------------------------------------ wrk

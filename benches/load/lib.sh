@@ -236,6 +236,12 @@ gate_envs() {
     CT_SSO_AUTHORIZATION_ENDPT="$ISSUER" CT_SSO_CLIENT_ID="$CLIENT_ID" CT_SSO_CLIENT_SECRET="$CLIENT_SECRET"
     CT_COOKIE_SECRET="$COOKIE_SECRET" CT_SSO_SCOPES="openid profile email offline_access"
     CT_SHUTDOWN_GRACE=2s CT_MAX_CONNECTIONS=30000 RUST_LOG="$3")
+  # BENCH_GATE_ENV="CT_WORKER_THREADS=1 …": more settings for every gate.
+  if [[ -n ${BENCH_GATE_ENV:-} ]]; then
+    local extra
+    read -r -a extra <<<"$BENCH_GATE_ENV"
+    GATE_ENVS+=("${extra[@]}")
+  fi
 }
 
 start_gate() { # PORT UPSTREAM_PORT RUST_LOG LOGFILE -> GATE_PID

@@ -8,6 +8,9 @@
 # Settings (environment): BENCH_DURATION (s, 10), BENCH_WARMUP (s, 2),
 # BENCH_ROUNDS (3), BENCH_CONNECTIONS (64), BENCH_THREADS (wrk threads, 2),
 # BENCH_OUT (benches/load/results.json), BENCH_KEEP=1 keeps the work directory,
+# BENCH_ONLY=gate_cookie,gate_bearer… measures just those variants (plus the
+# direct and nginx runs their ratios need), for a quick look, BENCH_GATE_ENV=
+# "CT_WORKER_THREADS=1 …" adds settings to every gate,
 # BENCH_PERF=SECONDS first profiles a separate, unstripped gate (built in
 # target/bench-profile: a few minutes the first time) with perf under the
 # cookie and the bearer load, before the measured rounds.

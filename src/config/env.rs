@@ -33,6 +33,7 @@ pub(super) struct Raw {
     pub ct_trusted_proxies: Option<String>,
     pub ct_metrics_addr: Option<String>,
     pub ct_max_connections: Option<String>,
+    pub ct_worker_threads: Option<String>,
     pub ct_max_header_bytes: Option<String>,
     pub ct_body_idle_timeout: Option<String>,
     pub ct_max_login_states: Option<String>,

@@ -24,6 +24,10 @@ pub struct Limits {
     pub max_refreshes: usize,
     /// `CT_MAX_REVOCATIONS`: entries on the revocation list.
     pub max_revocations: usize,
+    /// `CT_WORKER_THREADS`: threads serving requests; `None` is one per CPU
+    /// the process may use (cgroup quotas included), and `1` runs everything
+    /// on one thread, the cheapest per request where the pod has one CPU.
+    pub worker_threads: Option<usize>,
 }
 
 impl Default for Limits {
@@ -35,6 +39,7 @@ impl Default for Limits {
             max_login_states: 4,
             max_refreshes: 10_000,
             max_revocations: 100_000,
+            worker_threads: None,
         }
     }
 }
@@ -86,6 +91,10 @@ pub(super) fn limits(raw: &Raw, p: &mut Problems) -> Limits {
             (1, 10_000_000),
             p,
         ),
+        worker_threads: raw
+            .ct_worker_threads
+            .as_ref()
+            .map(|_| count(&raw.ct_worker_threads, "CT_WORKER_THREADS", 1, (1, 1024), p)),
     }
 }
 

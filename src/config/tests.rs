@@ -192,6 +192,10 @@ fn each_bad_setting_is_named_in_one_line() {
             "CT_MAX_CONNECTIONS: must be a whole number from 1 to 1000000",
         ),
         (
+            with(good(), "CT_WORKER_THREADS", "0"),
+            "CT_WORKER_THREADS: must be a whole number from 1 to 1024",
+        ),
+        (
             with(good(), "CT_MAX_HEADER_BYTES", "1024"),
             "CT_MAX_HEADER_BYTES: must be a whole number from 8192 to 1048576",
         ),

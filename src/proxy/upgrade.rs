@@ -6,14 +6,13 @@ use hyper::upgrade::OnUpgrade;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use tokio::io::{
-    AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader, BufWriter,
-};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::watch;
 
 use metrics::Gauge;
 
 use super::cutoff::Guard;
+use super::lazy_buf::{LazyReader, LazyWriter};
 
 use crate::respond::contains_ignore_case;
 
@@ -60,13 +59,16 @@ pub fn splice(client: OnUpgrade, upstream: OnUpgrade, guard: Option<Guard>, open
         };
         open.increment(1.0);
         let _open = OpenGuard(open);
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
+        let client = TokioIo::new(client);
+        let upstream = TokioIo::new(upstream);
         match guard {
             None => {
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    tracing::debug!(error = %e, "websocket connection ended");
-                }
+                let (client_rx, mut client_tx) = tokio::io::split(client);
+                let (upstream_rx, mut upstream_tx) = tokio::io::split(upstream);
+                tokio::join!(
+                    pump(client_rx, &mut upstream_tx),
+                    pump(upstream_rx, &mut client_tx)
+                );
             }
             Some(guard) => relay_until(client, upstream, guard).await,
         }
@@ -101,13 +103,10 @@ where
         let _ = stop_tx.send(true);
         std::future::pending::<()>().await;
     };
-    let up = async {
-        let _ = tokio::io::copy(&mut client_rx, &mut upstream_tx).await;
-        let _ = upstream_tx.shutdown().await;
-    };
+    let up = pump(&mut client_rx, &mut upstream_tx);
     let down = relay_frames(
-        BufReader::new(upstream_rx),
-        BufWriter::new(client_tx),
+        LazyReader::new(upstream_rx),
+        LazyWriter::new(client_tx),
         stop_rx.clone(),
     );
     let mut hard_rx = stop_rx;
@@ -124,6 +123,19 @@ where
 }
 
 /// Resolves once `stop` is true (the borrow it holds is gone by then).
+/// Copies `from` to `to` until either ends, then shuts `to` down; buffers
+/// only while bytes flow.
+async fn pump<R, W>(from: R, to: &mut W)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if let Err(e) = tokio::io::copy_buf(&mut LazyReader::new(from), to).await {
+        tracing::debug!(error = %e, "websocket connection ended");
+    }
+    let _ = to.shutdown().await;
+}
+
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
@@ -132,7 +144,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// can be put in between two of them once `stop` turns true.
 async fn relay_frames<R, W>(mut from: R, mut to: W, mut stop: watch::Receiver<bool>)
 where
-    R: AsyncRead + Unpin,
+    R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     loop {
@@ -160,7 +172,7 @@ where
 /// Copies the rest of one frame whose first byte was already read.
 async fn relay_one_frame<R, W>(first: u8, from: &mut R, to: &mut W) -> std::io::Result<()>
 where
-    R: AsyncRead + Unpin,
+    R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut second = [0u8; 1];
@@ -182,7 +194,7 @@ where
     };
     to.write_all(&[first, second[0]]).await?;
     to.write_all(&rest[..extended + mask]).await?;
-    let copied = tokio::io::copy(&mut from.take(payload), to).await?;
+    let copied = tokio::io::copy_buf(&mut from.take(payload), to).await?;
     to.flush().await?;
     if copied == payload {
         Ok(())
@@ -248,7 +260,11 @@ mod tests {
         let (mut upstream_w, upstream_r) = duplex(4096);
         let (client_w, mut client_r) = duplex(4096);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let relay = tokio::spawn(relay_frames(upstream_r, client_w, stop_rx));
+        let relay = tokio::spawn(relay_frames(
+            LazyReader::new(upstream_r),
+            LazyWriter::new(client_w),
+            stop_rx,
+        ));
         upstream_w.write_all(&upstream_bytes).await.unwrap();
         let mut got = vec![0u8; upstream_bytes.len()];
         client_r.read_exact(&mut got).await.unwrap();

@@ -1,6 +1,8 @@
 //! `GET /sso/userinfo`: the signed-in user as JSON (refreshing the session
 //! when due, like any request); 401 without a session.
 
+use std::sync::Arc;
+
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -17,13 +19,14 @@ pub async fn userinfo(state: &State, req: &Request<Incoming>) -> Response<Body> 
         .filter(|s| state.registry.get(&s.option).is_some());
     let mut cookies = Vec::new();
     let from_session = match session {
-        Some(session) => match lifecycle::check(state, session, req.headers(), now).await {
+        Some(session) => match lifecycle::check(state, Arc::new(session), req.headers(), now).await
+        {
             Checked::Valid {
                 session,
                 cookies: set,
             } => {
                 cookies = set;
-                Some((session.identity, session.expires_at))
+                Some((session.identity.clone(), session.expires_at))
             }
             Checked::Ended { cookies: set } => {
                 cookies = set;

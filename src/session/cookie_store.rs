@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue};
 
 use super::cookies::{CookieNames, MAX_PARTS, Part, request_cookies};
-use super::{Revocation, Revocations, Sealer, Session, Store, StoreError};
+use super::{Recent, Revocation, Revocations, Sealer, Session, Store, StoreError};
 
 /// Longest value in one cookie; with name and attributes it stays under the
 /// ~4096 bytes browsers accept.
@@ -83,10 +83,12 @@ impl<'a> Found<'a> {
     }
 }
 
-impl Store for CookieStore {
-    fn load(&self, headers: &HeaderMap) -> Option<Session> {
+impl CookieStore {
+    /// The first sealed value among the request's session cookies (whole,
+    /// then split over 2, 3, … parts) that `open` accepts.
+    fn find<T>(&self, headers: &HeaderMap, open: impl Fn(&str) -> Option<T>) -> Option<T> {
         let found = Found::scan(&self.names, headers);
-        if let Some(session) = found.whole.and_then(|v| self.open(v)) {
+        if let Some(session) = found.whole.and_then(&open) {
             return Some(session);
         }
         for count in 2..=MAX_PARTS {
@@ -98,12 +100,29 @@ impl Store for CookieStore {
                 }
                 let mut joined = String::with_capacity(total);
                 parts.iter().flatten().for_each(|p| joined.push_str(p));
-                if let Some(session) = self.open(&joined) {
+                if let Some(session) = open(&joined) {
                     return Some(session);
                 }
             }
         }
         None
+    }
+}
+
+impl Store for CookieStore {
+    fn load(&self, headers: &HeaderMap) -> Option<Session> {
+        self.find(headers, |sealed| self.open(sealed))
+    }
+
+    fn load_recent(&self, headers: &HeaderMap, recent: &Recent) -> Option<Arc<Session>> {
+        self.find(headers, |sealed| match recent.get(sealed) {
+            Some(session) => (!self.revoked.is_revoked(&session)).then_some(session),
+            None => {
+                let session = Arc::new(self.open(sealed)?);
+                recent.put(sealed, &session);
+                Some(session)
+            }
+        })
     }
 
     fn save(

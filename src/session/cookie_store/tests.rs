@@ -165,3 +165,46 @@ fn a_revoked_session_no_longer_loads_but_others_do() {
     );
     assert!(s.load(&as_request(&out2)).is_some());
 }
+
+#[test]
+fn a_connections_recent_session_answers_its_cookie_and_still_sees_revocation() {
+    let s = store(1);
+    let recent = crate::session::Recent::default();
+    let mut out = Vec::new();
+    s.save(&session(3_000), &HeaderMap::new(), 1_000, &mut out)
+        .unwrap();
+    let req = as_request(&out);
+    assert!(out.len() > 1, "split over parts: {}", out.len());
+    let first = s.load_recent(&req, &recent).unwrap();
+    let again = s.load_recent(&req, &recent).unwrap();
+    assert!(
+        Arc::ptr_eq(&first, &again),
+        "the second request is answered from the memo"
+    );
+
+    // Another cookie on the same connection opens as usual and replaces it.
+    let mut other = session(10);
+    other.id = "sid-2".into();
+    let mut out2 = Vec::new();
+    s.save(&other, &HeaderMap::new(), 1_000, &mut out2).unwrap();
+    let second = s.load_recent(&as_request(&out2), &recent).unwrap();
+    assert_eq!(second.id, "sid-2");
+    let back = s.load_recent(&req, &recent).unwrap();
+    assert!(!Arc::ptr_eq(&first, &back), "opened anew");
+
+    // A tampered value is never taken for the remembered one.
+    let mut tampered = out.clone();
+    let v = tampered[0].to_str().unwrap().replacen('=', "=A", 1);
+    tampered[0] = HeaderValue::from_str(&v).unwrap();
+    assert!(s.load_recent(&as_request(&tampered), &recent).is_none());
+
+    s.revoke(
+        crate::session::Revocation::Session { id: "sid-1".into() },
+        u64::MAX,
+        1_000,
+    );
+    assert!(
+        s.load_recent(&req, &recent).is_none(),
+        "revoked while remembered"
+    );
+}

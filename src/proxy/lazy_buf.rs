@@ -7,6 +7,9 @@
 //! memory. These allocate on the first read or write of a burst and free the
 //! buffer as soon as it is drained and the peer has nothing more (a read
 //! would wait) or the writes are flushed, so an idle connection holds none.
+//! Freed buffers go back to a small per-thread pool, so a busy relay takes
+//! the same few buffers over and over instead of allocating (and zeroing)
+//! one per message; the pool is bounded, and what it cannot hold is freed.
 
 use std::io;
 use std::pin::Pin;
@@ -14,8 +17,41 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
-/// Size of a buffer while in use.
-const CAPACITY: usize = 8 * 1024;
+/// Size of a buffer while in use: a whole 16 KiB WebSocket message in one read.
+const CAPACITY: usize = 16 * 1024;
+/// Free buffers a thread keeps for reuse (at most 1 MiB).
+const POOL: usize = 64;
+
+thread_local! {
+    static FREE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A buffer of `CAPACITY` bytes: `len` is `CAPACITY` (initialised) for
+/// reading into, or 0 for appending to.
+fn take(for_reading: bool) -> Vec<u8> {
+    let mut buf = FREE
+        .with(|f| f.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(CAPACITY));
+    if for_reading {
+        buf.resize(CAPACITY, 0);
+    } else {
+        buf.clear();
+    }
+    buf
+}
+
+/// Gives a buffer back; leaves an empty, unallocated one in its place.
+fn give(buf: &mut Vec<u8>) {
+    let buf = std::mem::take(buf);
+    if buf.capacity() == CAPACITY {
+        FREE.with(|f| {
+            let mut free = f.borrow_mut();
+            if free.len() < POOL {
+                free.push(buf);
+            }
+        });
+    }
+}
 
 /// An `AsyncBufRead` over `R` whose buffer is freed whenever it is empty and
 /// `R` has nothing to read.
@@ -43,12 +79,18 @@ impl<R> LazyReader<R> {
     }
 }
 
+impl<R> Drop for LazyReader<R> {
+    fn drop(&mut self) {
+        give(&mut self.buf);
+    }
+}
+
 impl<R: AsyncRead + Unpin> AsyncBufRead for LazyReader<R> {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
         if this.pos >= this.filled {
             if this.buf.is_empty() {
-                this.buf = vec![0; CAPACITY];
+                this.buf = take(true);
             }
             let mut rb = ReadBuf::new(&mut this.buf);
             match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
@@ -57,12 +99,12 @@ impl<R: AsyncRead + Unpin> AsyncBufRead for LazyReader<R> {
                     this.pos = 0;
                 }
                 Poll::Ready(Err(e)) => {
-                    this.buf = Vec::new();
+                    give(&mut this.buf);
                     return Poll::Ready(Err(e));
                 }
                 Poll::Pending => {
                     // Idle: hold nothing while waiting.
-                    this.buf = Vec::new();
+                    give(&mut this.buf);
                     (this.pos, this.filled) = (0, 0);
                     return Poll::Pending;
                 }
@@ -85,7 +127,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for LazyReader<R> {
     ) -> Poll<io::Result<()>> {
         // A large read with nothing buffered goes straight through.
         if self.pos >= self.filled && out.remaining() >= CAPACITY {
-            self.buf = Vec::new();
+            give(&mut self.buf);
             return Pin::new(&mut self.inner).poll_read(cx, out);
         }
         let available = ready!(self.as_mut().poll_fill_buf(cx))?;
@@ -120,8 +162,14 @@ impl<W> LazyWriter<W> {
     }
 }
 
+impl<W> Drop for LazyWriter<W> {
+    fn drop(&mut self) {
+        give(&mut self.buf);
+    }
+}
+
 impl<W: AsyncWrite + Unpin> LazyWriter<W> {
-    /// Writes out what is buffered; frees the buffer when done.
+    /// Writes out what is buffered (keeping the buffer for more).
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.buf.len() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.written..]))?;
@@ -130,7 +178,7 @@ impl<W: AsyncWrite + Unpin> LazyWriter<W> {
             }
             self.written += n;
         }
-        self.buf = Vec::new();
+        self.buf.clear();
         self.written = 0;
         Poll::Ready(Ok(()))
     }
@@ -143,26 +191,30 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for LazyWriter<W> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.buf.len() + data.len() > CAPACITY {
-            ready!(this.poll_drain(cx))?;
-        }
-        if data.len() >= CAPACITY {
+        if this.buf.is_empty() && data.len() >= CAPACITY {
             return Pin::new(&mut this.inner).poll_write(cx, data);
         }
-        if this.buf.capacity() == 0 {
-            this.buf.reserve_exact(CAPACITY);
+        if this.buf.len() >= CAPACITY {
+            ready!(this.poll_drain(cx))?;
         }
-        this.buf.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
+        if this.buf.capacity() == 0 {
+            this.buf = take(false);
+        }
+        // Fill the buffer up; the rest comes in the next call.
+        let n = data.len().min(CAPACITY - this.buf.len());
+        this.buf.extend_from_slice(&data[..n]);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_drain(cx))?;
+        give(&mut self.buf);
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_drain(cx))?;
+        give(&mut self.buf);
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -172,6 +224,20 @@ mod tests {
     use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, duplex};
 
     use super::*;
+
+    #[test]
+    fn the_pool_reuses_buffers_and_stays_bounded() {
+        let mut held: Vec<Vec<u8>> = (0..POOL + 20).map(|_| take(true)).collect();
+        assert!(held.iter().all(|b| b.len() == CAPACITY));
+        held.iter_mut().for_each(give);
+        assert_eq!(FREE.with(|f| f.borrow().len()), POOL, "bounded");
+        let again = take(false);
+        assert!(again.is_empty() && again.capacity() == CAPACITY);
+        assert!(
+            FREE.with(|f| f.borrow().iter().all(|b| b.as_ptr() != again.as_ptr())),
+            "taken out of the pool"
+        );
+    }
 
     #[tokio::test]
     async fn the_reader_passes_every_byte_and_holds_nothing_once_idle() {

@@ -148,6 +148,12 @@ impl App {
     /// at most `CT_SHUTDOWN_GRACE`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let settings = server::Settings {
+            threads: self
+                .state
+                .config
+                .limits
+                .worker_threads
+                .unwrap_or_else(server::usable_cpus),
             header_read_timeout: self.state.config.header_read_timeout,
             shutdown_grace: self.state.config.shutdown_grace,
             max_header_bytes: self.state.config.limits.max_header_bytes,

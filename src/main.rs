@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Ok(runtime) = ssogate::server::runtime(config.limits.worker_threads) else {
+    let Ok(runtime) = ssogate::server::runtime() else {
         eprintln!("ssogate: cannot start the async runtime");
         return ExitCode::FAILURE;
     };

@@ -64,7 +64,10 @@ impl ProxyError {
 }
 
 pub struct Proxy {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// Connections to the upstream: one pool per thread (see [`Proxy::request`]).
+    connector: HttpsConnector<HttpConnector>,
+    /// Tells this proxy's pools apart in the threads' lists.
+    id: u64,
     scheme: Scheme,
     authority: http::uri::Authority,
     /// The upstream URL's path without its trailing `/` ("" for the root).
@@ -76,6 +79,16 @@ pub struct Proxy {
     /// `CT_TRUSTED_PROXIES`.
     trusted_proxies: Vec<ipnet::IpNet>,
     websockets_open: metrics::Gauge,
+}
+
+type Pool = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// Pools a thread keeps, one per proxy it has served for.
+const MAX_POOLS_PER_THREAD: usize = 8;
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    static POOLS: std::cell::RefCell<Vec<(u64, Pool)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// How the proxy treats clients (from the configuration).
@@ -129,10 +142,6 @@ impl Proxy {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .build(connector);
 
         let host = server_url.host_str().ok_or(ProxyError::Uri)?;
         let public_host = match server_url.port() {
@@ -140,7 +149,8 @@ impl Proxy {
             None => host.to_string(),
         };
         Ok(Self {
-            client,
+            connector,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             scheme,
             authority,
             base_path,
@@ -153,6 +163,31 @@ impl Proxy {
             body_idle_timeout: clients.body_idle_timeout,
             trusted_proxies: clients.trusted_proxies,
             websockets_open: clients.websockets_open,
+        })
+    }
+
+    /// Sends through this thread's pool of upstream connections. A
+    /// connection's task runs on the thread that opened it, so with one
+    /// runtime per core a shared pool would hand requests across threads on
+    /// every call; one pool per thread keeps each request and its upstream
+    /// connection together.
+    fn request(&self, req: Request<Body>) -> hyper_util::client::legacy::ResponseFuture {
+        POOLS.with(|pools| {
+            let mut pools = pools.borrow_mut();
+            if let Some((_, client)) = pools.iter().find(|(id, _)| *id == self.id) {
+                return client.request(req);
+            }
+            let client = Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(POOL_IDLE)
+                .build(self.connector.clone());
+            let sent = client.request(req);
+            if pools.len() >= MAX_POOLS_PER_THREAD {
+                // Proxies that came and went (tests build many): oldest out.
+                pools.remove(0);
+            }
+            pools.push((self.id, client));
+            sent
         })
     }
 
@@ -211,10 +246,7 @@ impl Proxy {
         } else {
             idle::Idle::new(body, self.body_idle_timeout).boxed_unsync()
         };
-        let mut resp = self
-            .client
-            .request(Request::from_parts(parts, body))
-            .await?;
+        let mut resp = self.request(Request::from_parts(parts, body)).await?;
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (Some(client_upgrade), true) = (client_upgrade, switched) {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);

@@ -1,6 +1,7 @@
 //! Accepting connections: HTTP/1.1 and HTTP/2 (hyper-util auto, with
 //! upgrades), optional TLS, a header-read timeout against slow clients, a
-//! watch on HTTP/1 framing against request smuggling, and
+//! watch on HTTP/1 framing against request smuggling, one runtime per
+//! serving thread (thread per core), and
 //! graceful shutdown that lets in-flight requests finish for a bounded time.
 
 /// `AsyncWrite` for a read-side wrapper `$t<I>` with the stream in `io`:
@@ -71,7 +72,12 @@ use crate::session::Recent;
 const MAX_HEADERS: usize = 128;
 const MAX_H2_STREAMS: u32 = 256;
 
+#[derive(Clone, Debug)]
 pub struct Settings {
+    /// Threads accepting and serving connections, each with a runtime of its
+    /// own (thread per core), when `serve` runs on a current-thread runtime
+    /// (the binary's); otherwise `serve` uses the runtime it is given.
+    pub threads: usize,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
     /// `CT_MAX_HEADER_BYTES`: largest request head (request line and headers).
@@ -96,20 +102,26 @@ fn builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// One thread: everything on it (no cross-thread wake-ups); else a
-/// work-stealing pool of that many threads (default: one per usable CPU).
-pub fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    if let Some(n) = threads.filter(|n| *n > 1) {
-        b.worker_threads(n);
-    }
-    b.enable_all().build()
+/// The binary's runtime: a current-thread one, on which [`serve`] starts
+/// the other serving threads (`CT_WORKER_THREADS`, default one per usable
+/// CPU), each with a current-thread runtime of its own.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
-/// Serves until `shutdown` resolves, then drains.
+/// CPUs this process may use (cgroup quotas included), at least 1.
+pub fn usable_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+/// Serves until `shutdown` resolves, then drains. On a current-thread
+/// runtime with `settings.threads` > 1 it starts that many threads less one,
+/// each with its own current-thread runtime accepting from the same
+/// listening socket: a connection, its requests and its upstream connection
+/// then stay on one thread, with no hand-off between workers. The threads
+/// stop with `shutdown`, or when this future is dropped.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -117,9 +129,95 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) {
+    let per_core = settings.threads > 1
+        && tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::CurrentThread;
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    if !per_core {
+        return accept(listener, tls, state, settings, slots, shutdown).await;
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut done = Vec::new();
+    for n in 1..settings.threads {
+        match worker(
+            n,
+            &listener,
+            &tls,
+            &state,
+            &settings,
+            &slots,
+            stopped.clone(),
+        ) {
+            Ok(finished) => done.push(finished),
+            Err(e) => {
+                tracing::warn!(error = %e, thread = n, "cannot start a serving thread; serving on fewer")
+            }
+        }
+    }
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    accept(listener, tls, state, settings, slots, shutdown).await;
+    for finished in done {
+        let _ = finished.await;
+    }
+}
+
+/// Serving thread `n`: its own runtime and accept loop on a duplicate of
+/// the listening socket; the receiver resolves once it has drained.
+fn worker(
+    n: usize,
+    listener: &TcpListener,
+    tls: &Option<TlsAcceptor>,
+    state: &Arc<State>,
+    settings: &Settings,
+    slots: &Arc<Semaphore>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    use std::os::fd::AsFd as _;
+    let socket = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
+    socket.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (tls, state, settings, slots) =
+        (tls.clone(), state.clone(), settings.clone(), slots.clone());
+    let (finished, done) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("ssogate-{n}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(socket) {
+                    Ok(listener) => {
+                        // A dropped sender (the main loop gone) stops it too.
+                        let stop = async move {
+                            let _ = stopped.wait_for(|s| *s).await;
+                        };
+                        accept(listener, tls, state, settings, slots, stop).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, thread = n, "serving thread cannot listen")
+                    }
+                }
+            });
+            runtime.shutdown_timeout(Duration::from_millis(200));
+            let _ = finished.send(());
+        })?;
+    Ok(done)
+}
+
+/// One accept loop: serves until `shutdown` resolves, then drains.
+async fn accept(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    state: Arc<State>,
+    settings: Settings,
+    slots: Arc<Semaphore>,
+    shutdown: impl Future<Output = ()>,
+) {
     let builder = Arc::new(builder(&settings));
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
     let mut refused: u64 = 0;
     tokio::pin!(shutdown);
     loop {

@@ -24,9 +24,9 @@ pub struct Limits {
     pub max_refreshes: usize,
     /// `CT_MAX_REVOCATIONS`: entries on the revocation list.
     pub max_revocations: usize,
-    /// `CT_WORKER_THREADS`: threads serving requests; `None` is one per CPU
-    /// the process may use (cgroup quotas included), and `1` runs everything
-    /// on one thread, the cheapest per request where the pod has one CPU.
+    /// `CT_WORKER_THREADS`: serving threads, each with its own runtime and
+    /// upstream pool (`server::serve`); `None` is one per CPU the process
+    /// may use (cgroup quotas included).
     pub worker_threads: Option<usize>,
 }
 

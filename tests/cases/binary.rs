@@ -273,6 +273,76 @@ async fn sigterm_lets_the_in_flight_response_finish_refuses_new_connections_and_
     assert!(refused(gate.port).await);
 }
 
+/// One keep-alive request on a fresh connection: the connection, if the
+/// gate answered it (200) within 5 s.
+async fn served_connection(port: u16) -> Option<TcpStream> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let req = format!("GET /sso/healthz HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    buf[..n].starts_with(b"HTTP/1.1 200").then_some(s)
+}
+
+/// With several serving threads (one runtime each, accepting from one
+/// socket), requests are served, `CT_MAX_CONNECTIONS` bounds them all
+/// together, and SIGTERM stops every thread with exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_threads_share_one_connection_limit_and_all_stop_at_sigterm() {
+    const LIMIT: usize = 4;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = unauthenticated(&upstream.url);
+    for (k, v) in [
+        ("CT_WORKER_THREADS", "3"),
+        ("CT_MAX_CONNECTIONS", "4"),
+        ("CT_HEADER_READ_TIMEOUT", "60s"),
+        ("CT_SHUTDOWN_GRACE", "10s"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let mut gate = Served::start(dir.path(), env, false, &client).await;
+    // The readiness client's connection may still be closing: retry a little.
+    let mut held = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while held.len() < LIMIT && Instant::now() < deadline {
+        match served_connection(gate.port).await {
+            Some(s) => held.push(s),
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(held.len(), LIMIT, "output:\n{}", gate.output());
+    for attempt in 0..3 {
+        assert!(
+            served_connection(gate.port).await.is_none(),
+            "attempt {attempt}: a connection over the limit of {LIMIT} was served \
+             (each thread kept a limit of its own?)"
+        );
+    }
+    drop(held.pop());
+    crate::assert_eventually!(
+        served_connection(gate.port).await.is_some(),
+        Duration::from_secs(5),
+        "a freed slot is not reused"
+    );
+
+    gate.signal("TERM").await;
+    let status = tokio::time::timeout(Duration::from_secs(10), gate.child.wait())
+        .await
+        .expect("the gate did not exit within 10 s of SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "output:\n{}", gate.output());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_on_an_idle_gate_exits_0_at_once() {
     let upstream = Upstream::start().await;

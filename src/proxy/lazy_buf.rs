@@ -231,10 +231,16 @@ mod tests {
         assert!(held.iter().all(|b| b.len() == CAPACITY));
         held.iter_mut().for_each(give);
         assert_eq!(FREE.with(|f| f.borrow().len()), POOL, "bounded");
+        let pooled: Vec<*const u8> = FREE.with(|f| f.borrow().iter().map(|b| b.as_ptr()).collect());
         let again = take(false);
         assert!(again.is_empty() && again.capacity() == CAPACITY);
         assert!(
-            FREE.with(|f| f.borrow().iter().all(|b| b.as_ptr() != again.as_ptr())),
+            pooled.contains(&again.as_ptr()),
+            "a pooled buffer is reused, not a new one"
+        );
+        assert_eq!(
+            FREE.with(|f| f.borrow().len()),
+            POOL - 1,
             "taken out of the pool"
         );
     }

@@ -112,27 +112,26 @@ impl<I> Framing<I> {
             let used = match self.state {
                 State::Off => return,
                 State::Head => self.head(input),
-                State::Fixed(left) => {
-                    let n = left.min(input.len() as u64);
-                    self.state = match left - n {
-                        0 => State::Head,
-                        more => State::Fixed(more),
-                    };
-                    // n ≤ input.len(), so it fits.
-                    usize::try_from(n).unwrap_or(input.len())
-                }
+                State::Fixed(left) => self.skip(left, input.len(), State::Head, State::Fixed),
                 State::ChunkData(left) => {
-                    let n = left.min(input.len() as u64);
-                    self.state = match left - n {
-                        0 => State::ChunkEnd,
-                        more => State::ChunkData(more),
-                    };
-                    usize::try_from(n).unwrap_or(input.len())
+                    self.skip(left, input.len(), State::ChunkEnd, State::ChunkData)
                 }
                 State::ChunkSize | State::ChunkEnd | State::Trailers => self.line(input),
             };
             input = &input[used.min(input.len())..];
         }
+    }
+
+    /// Skips up to `left` body bytes of the `available` read; then `done`,
+    /// or `more(still left)`. Returns the bytes used.
+    fn skip(&mut self, left: u64, available: usize, done: State, more: fn(u64) -> State) -> usize {
+        let n = left.min(available as u64);
+        self.state = match left - n {
+            0 => done,
+            rest => more(rest),
+        };
+        // n ≤ available, so it fits.
+        usize::try_from(n).unwrap_or(available)
     }
 
     /// Reads (part of) a request head; returns the bytes of `input` used.

@@ -79,7 +79,12 @@ for (const m of ['log', 'info', 'debug', 'warn', 'error']) {
   };
 }
 
+// Start-up progress on stderr, so a start that hangs shows where.
+const startedAt = Date.now();
+const progress = (what) => process.stderr.write(`idp: ${what} after ${Date.now() - startedAt} ms\n`);
+progress(`node ${process.version} pid ${process.pid} started`);
 const { default: Provider } = await import('oidc-provider');
+progress('oidc-provider loaded');
 
 function fail(msg) {
   process.stderr.write(`idp: ${msg}\n`);
@@ -186,6 +191,7 @@ const kid = crypto.randomBytes(12).toString('base64url');
 const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
 const privateKeyPem = privateKey.export({ format: 'pem', type: 'pkcs8' });
 const signingJwk = { ...privateKey.export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' };
+progress('signing key made');
 
 // ---------------------------------------------------------------- stats
 

@@ -19,8 +19,11 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 
-/// How long to wait for the provider's ready line.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one start may take to print its ready line (it takes about
+/// 0.4 s here, a few seconds on a busy machine).
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Starts tried before a silent provider fails the test.
+const START_ATTEMPTS: usize = 3;
 /// Lines of the provider's stderr kept for panic messages.
 const STDERR_TAIL: usize = 60;
 
@@ -233,9 +236,93 @@ fn node_modules_current(dir: &Path) -> bool {
     want.is_string() && installed["version"] == *want
 }
 
+/// Why one start of the provider did not come up.
+struct Failed {
+    why: String,
+    /// No ready line in time while node kept running: worth another try.
+    hung: bool,
+    stderr: String,
+}
+
+/// Spawns `cmd` once and reads its ready line.
+async fn launch(
+    cmd: &mut Command,
+) -> Result<(Child, Ready, BufReader<tokio::process::ChildStdout>), Failed> {
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
+        panic!("cannot start `node` for the test provider (is node installed?): {e}")
+    });
+
+    let tail: Arc<Mutex<VecDeque<String>>> = Arc::new(Mutex::new(VecDeque::new()));
+    let stderr = child.stderr.take().expect("piped stderr");
+    let stderr_tail = Arc::clone(&tail);
+    let port_label: Arc<OnceLock<u16>> = Arc::new(OnceLock::new());
+    let label = Arc::clone(&port_label);
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            match label.get() {
+                Some(port) => eprintln!("[idp:{port}] {line}"),
+                None => eprintln!("[idp] {line}"),
+            }
+            let mut t = stderr_tail
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if t.len() == STDERR_TAIL {
+                t.pop_front();
+            }
+            t.push_back(line);
+        }
+    });
+
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut stdout = BufReader::new(stdout);
+    let mut line = String::new();
+    let read = tokio::time::timeout(READY_TIMEOUT, stdout.read_line(&mut line)).await;
+    let (failure, hung) = match &read {
+        Err(_) => (
+            Some(format!("no ready line within {READY_TIMEOUT:?}")),
+            true,
+        ),
+        Ok(Err(e)) => (Some(format!("reading its stdout failed: {e}")), false),
+        Ok(Ok(0)) => (Some("it exited before it was ready".to_owned()), false),
+        Ok(Ok(_)) => (None, false),
+    };
+    let ready = match failure {
+        None => serde_json::from_str::<Ready>(line.trim())
+            .map_err(|e| format!("bad ready line ({e}): {line:?}")),
+        Some(f) => Err(f),
+    };
+    match ready {
+        Ok(r) => {
+            let _ = port_label.set(r.port);
+            Ok((child, r, stdout))
+        }
+        Err(why) => {
+            let _ = child.start_kill();
+            let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            // Let the stderr task catch up with what node wrote last.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let t = tail
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let stderr: Vec<&str> = t.iter().map(String::as_str).collect();
+            Err(Failed {
+                why: format!("{why}; exit: {status:?}"),
+                hung,
+                stderr: stderr.join("\n"),
+            })
+        }
+    }
+}
+
 impl Idp {
-    /// Starts `node tests/idp/server.mjs` and waits (at most 30 s) for its
-    /// ready line. Panics with the provider's stderr when it does not come.
+    /// Starts `node tests/idp/server.mjs` and waits for its ready line. A
+    /// start that stays silent past [`READY_TIMEOUT`] is killed and tried
+    /// again (at most [`START_ATTEMPTS`] times in all): a cold CI machine has
+    /// once left a node start hanging with nothing on stderr while every other
+    /// start around it took half a second, and the provider is the tests'
+    /// fixture, not what they test. Panics with each attempt's reason and the
+    /// provider's stderr when no attempt comes up.
     pub async fn start(opts: &IdpOptions) -> Idp {
         ensure_node_modules();
         let dir = idp_dir();
@@ -258,74 +345,37 @@ impl Idp {
         if let Some(f) = &extra_ca {
             cmd.env("NODE_EXTRA_CA_CERTS", f.path());
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| {
-            panic!("cannot start `node` for the test provider (is node installed?): {e}")
-        });
 
-        let tail: Arc<Mutex<VecDeque<String>>> = Arc::new(Mutex::new(VecDeque::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let stderr_tail = Arc::clone(&tail);
-        let port_label: Arc<OnceLock<u16>> = Arc::new(OnceLock::new());
-        let label = Arc::clone(&port_label);
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                match label.get() {
-                    Some(port) => eprintln!("[idp:{port}] {line}"),
-                    None => eprintln!("[idp] {line}"),
+        let mut reasons = Vec::new();
+        let (mut child, ready, stdout) = loop {
+            match launch(&mut cmd).await {
+                Ok(up) => break up,
+                Err(Failed { why, hung, stderr }) => {
+                    reasons.push(format!(
+                        "attempt {}: {why}\n--- its stderr ---\n{stderr}",
+                        reasons.len() + 1
+                    ));
+                    if !hung || reasons.len() == START_ATTEMPTS {
+                        panic!(
+                            "test provider (node {}/server.mjs) did not start:\n{}",
+                            dir.display(),
+                            reasons.join("\n")
+                        );
+                    }
+                    eprintln!("[idp] {}; starting it again", reasons.join("; "));
                 }
-                let mut t = stderr_tail
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if t.len() == STDERR_TAIL {
-                    t.pop_front();
-                }
-                t.push_back(line);
-            }
-        });
-
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut stdout = BufReader::new(stdout);
-        let mut line = String::new();
-        let read = tokio::time::timeout(READY_TIMEOUT, stdout.read_line(&mut line)).await;
-        let failure = match &read {
-            Err(_) => Some(format!("no ready line within {READY_TIMEOUT:?}")),
-            Ok(Err(e)) => Some(format!("reading its stdout failed: {e}")),
-            Ok(Ok(0)) => Some("it exited before it was ready".to_owned()),
-            Ok(Ok(_)) => None,
-        };
-        let ready = match failure {
-            None => serde_json::from_str::<Ready>(line.trim())
-                .map_err(|e| format!("bad ready line ({e}): {line:?}")),
-            Some(f) => Err(f),
-        };
-        let ready = match ready {
-            Ok(r) => r,
-            Err(why) => {
-                let _ = child.start_kill();
-                let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-                // Let the stderr task catch up with what node wrote last.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let t = tail
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let stderr: Vec<&str> = t.iter().map(String::as_str).collect();
-                panic!(
-                    "test provider (node {}/server.mjs) did not start: {why}; exit: {status:?}\n--- its stderr ---\n{}",
-                    dir.display(),
-                    stderr.join("\n")
-                );
             }
         };
-        let _ = port_label.set(ready.port);
+        let port = ready.port;
         // Keep draining stdout so node never writes into a closed pipe.
         tokio::spawn(async move {
+            let mut stdout = stdout;
             let mut rest = String::new();
             while let Ok(n) = stdout.read_line(&mut rest).await {
                 if n == 0 {
                     break;
                 }
-                eprint!("[idp stdout] {rest}");
+                eprint!("[idp:{port} stdout] {rest}");
                 rest.clear();
             }
         });

@@ -7,7 +7,7 @@
 )]
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,9 +135,10 @@ fn headers(c: &mut Criterion) {
     let store = CookieStore::new(sealer, CookieNames::new(true));
     let template = request_with_session(&store, 800);
     let identity = session(0).identity;
-    let (proto, host) = (
+    let (proto, host, peer) = (
         HeaderValue::from_static("https"),
         HeaderValue::from_static("ct.example.com"),
+        HeaderValue::from_static("127.0.0.1"),
     );
     c.bench_function("headers_to_upstream", |b| {
         b.iter_batched(
@@ -146,7 +147,7 @@ fn headers(c: &mut Criterion) {
                 to_upstream(
                     &mut h,
                     &Outbound {
-                        peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        peer: &peer,
                         proto: &proto,
                         host: &host,
                         identity: Some(&identity),

@@ -1,39 +1,40 @@
-//! Forwarding to `CT_UPSTREAM_URL` over a pooled hyper-util client: bodies
-//! stream both ways, WebSocket upgrades are spliced.
+//! Forwarding to `CT_UPSTREAM_URL` over kept-alive HTTP/1.1 connections
+//! (see [`pool`]): bodies stream both ways, WebSocket upgrades are spliced.
 
 pub mod cutoff;
 pub mod headers;
 pub mod idle;
 mod lazy_buf;
+pub mod pool;
 pub mod upgrade;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use url::Url;
 
 use self::cutoff::{Cutoff, Guard};
+pub use self::pool::Affinity;
+use self::pool::Pool;
 use crate::identity::Identity;
 use crate::respond::{self, Body};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const POOL_IDLE: Duration = Duration::from_secs(60);
 /// Answers longer than this are tied to their session like streams.
 const LONG_BODY_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("upstream request failed: {0}")]
-    Upstream(#[from] hyper_util::client::legacy::Error),
+    Upstream(hyper::Error),
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot build the upstream URI")]
     Uri,
     #[error("upstream TLS setup failed: {0}")]
@@ -64,12 +65,8 @@ impl ProxyError {
 }
 
 pub struct Proxy {
-    /// Connections to the upstream: one pool per thread (see [`Proxy::request`]).
-    connector: HttpsConnector<HttpConnector>,
-    /// Tells this proxy's pools apart in the threads' lists.
-    id: u64,
-    scheme: Scheme,
-    authority: http::uri::Authority,
+    /// Connections to the upstream.
+    pool: Pool,
     /// The upstream URL's path without its trailing `/` ("" for the root).
     base_path: String,
     proto: HeaderValue,
@@ -79,16 +76,6 @@ pub struct Proxy {
     /// `CT_TRUSTED_PROXIES`.
     trusted_proxies: Vec<ipnet::IpNet>,
     websockets_open: metrics::Gauge,
-}
-
-type Pool = Client<HttpsConnector<HttpConnector>, Body>;
-
-/// Pools a thread keeps, one per proxy it has served for.
-const MAX_POOLS_PER_THREAD: usize = 8;
-static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-thread_local! {
-    static POOLS: std::cell::RefCell<Vec<(u64, Pool)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// How the proxy treats clients (from the configuration).
@@ -102,7 +89,11 @@ pub struct ClientPolicy {
 /// What the router tells the proxy about one request.
 pub struct Forward<'a> {
     pub peer: IpAddr,
+    /// `peer` as an `X-Forwarded-For` value (rendered once per connection).
+    pub peer_value: &'a HeaderValue,
     pub identity: Option<&'a Identity>,
+    /// The client connection's upstream connection.
+    pub affinity: &'a Affinity,
 }
 
 impl Proxy {
@@ -148,11 +139,14 @@ impl Proxy {
             Some(port) => format!("{host}:{port}"),
             None => host.to_string(),
         };
+        let target = Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query("/")
+            .build()
+            .map_err(|_| ProxyError::Uri)?;
         Ok(Self {
-            connector,
-            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            scheme,
-            authority,
+            pool: Pool::new(connector, target),
             base_path,
             proto: HeaderValue::from_static(if server_url.scheme() == "https" {
                 "https"
@@ -166,31 +160,8 @@ impl Proxy {
         })
     }
 
-    /// Sends through this thread's pool of upstream connections. A
-    /// connection's task runs on the thread that opened it, so with one
-    /// runtime per core a shared pool would hand requests across threads on
-    /// every call; one pool per thread keeps each request and its upstream
-    /// connection together.
-    fn request(&self, req: Request<Body>) -> hyper_util::client::legacy::ResponseFuture {
-        POOLS.with(|pools| {
-            let mut pools = pools.borrow_mut();
-            if let Some((_, client)) = pools.iter().find(|(id, _)| *id == self.id) {
-                return client.request(req);
-            }
-            let client = Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(POOL_IDLE)
-                .build(self.connector.clone());
-            let sent = client.request(req);
-            if pools.len() >= MAX_POOLS_PER_THREAD {
-                // Proxies that came and went (tests build many): oldest out.
-                pools.remove(0);
-            }
-            pools.push((self.id, client));
-            sent
-        })
-    }
-
+    /// The request line's target for the upstream: origin-form, under the
+    /// upstream URL's path.
     fn upstream_uri(&self, original: &Uri) -> Result<Uri, ProxyError> {
         let pq = original.path_and_query().map_or("/", PathAndQuery::as_str);
         let pq: PathAndQuery = if self.base_path.is_empty() {
@@ -203,12 +174,7 @@ impl Proxy {
                 .parse()
                 .map_err(|_| ProxyError::Uri)?
         };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| ProxyError::Uri)
+        Ok(Uri::from(pq))
     }
 
     /// Forwards an authenticated request; the caller has checked everything.
@@ -230,7 +196,7 @@ impl Proxy {
         headers::to_upstream(
             &mut parts.headers,
             &headers::Outbound {
-                peer: fwd.peer,
+                peer: fwd.peer_value,
                 proto: &self.proto,
                 host: &self.public_host,
                 identity: fwd.identity,
@@ -246,7 +212,10 @@ impl Proxy {
         } else {
             idle::Idle::new(body, self.body_idle_timeout).boxed_unsync()
         };
-        let mut resp = self.request(Request::from_parts(parts, body)).await?;
+        let mut resp = self
+            .pool
+            .send(fwd.affinity, Request::from_parts(parts, body), is_upgrade)
+            .await?;
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (Some(client_upgrade), true) = (client_upgrade, switched) {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);

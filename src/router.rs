@@ -18,7 +18,7 @@ use crate::identity::Identity;
 use crate::lifecycle::{self, Checked};
 use crate::live::Live;
 use crate::provider::{Bearer, Registry};
-use crate::proxy::{Forward, Proxy, upgrade};
+use crate::proxy::{Affinity, Forward, Proxy, upgrade};
 use crate::respond::{self, Body, Failure};
 use crate::routes;
 use crate::session::refresh::SingleFlight;
@@ -46,12 +46,36 @@ pub struct State {
     pub metrics: Arc<Metrics>,
 }
 
+/// What the gate keeps per client connection, for all its requests.
+pub struct ClientConn {
+    pub peer: SocketAddr,
+    /// The peer's address as an `X-Forwarded-For` value.
+    peer_value: http::HeaderValue,
+    /// The session this connection showed last.
+    recent: Recent,
+    /// The upstream connection its requests use.
+    upstream: Affinity,
+}
+
+impl ClientConn {
+    pub fn new(peer: SocketAddr) -> Self {
+        let ip = peer.ip().to_canonical();
+        Self {
+            peer,
+            // An address's text is always a valid header value.
+            peer_value: http::HeaderValue::from_str(&ip.to_string())
+                .unwrap_or(http::HeaderValue::from_static("unknown")),
+            recent: Recent::default(),
+            upstream: Affinity::default(),
+        }
+    }
+}
+
 /// Handles one request.
 pub async fn handle(
     state: Arc<State>,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
-    recent: Arc<Recent>,
+    conn: Arc<ClientConn>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let start = Instant::now();
     let id = request_id::of(req.headers());
@@ -66,7 +90,7 @@ pub async fn handle(
     req.headers_mut()
         .insert(request_id::X_REQUEST_ID, id.clone());
     let note = Note::default();
-    let mut resp = route(&state, req, peer, &recent, &note)
+    let mut resp = route(&state, req, &conn, &note)
         .instrument(span.clone())
         .await;
     resp.headers_mut().insert(request_id::X_REQUEST_ID, id);
@@ -146,8 +170,7 @@ enum Tie {
 async fn route(
     state: &Arc<State>,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
-    recent: &Recent,
+    conn: &ClientConn,
     note: &Note,
 ) -> Response<Body> {
     if req.extensions().get::<AmbiguousFraming>().is_some() {
@@ -172,16 +195,16 @@ async fn route(
     }
     if state.registry.is_empty() {
         // Only reachable with CT_ALLOW_UNAUTHENTICATED=true (validation refuses otherwise).
-        return forward(state, req, peer, Tie::Nothing, Vec::new(), note).await;
+        return forward(state, req, conn, Tie::Nothing, Vec::new(), note).await;
     }
     let now = crate::clock::now();
     let navigation = gate::is_navigation(req.method(), req.headers());
     if let Some(session) = state
         .store
-        .load_recent(req.headers(), recent)
+        .load_recent(req.headers(), &conn.recent)
         .filter(|s| state.registry.get(&s.option).is_some())
     {
-        return with_session(state, req, peer, session, navigation, now, note).await;
+        return with_session(state, req, conn, session, navigation, now, note).await;
     }
     let (credential, identity) = match bearer_token(req.headers()) {
         Some(token) => match verify_bearer(&state.registry, token, now).await {
@@ -202,7 +225,7 @@ async fn route(
             forward(
                 state,
                 req,
-                peer,
+                conn,
                 Tie::Bearer {
                     identity,
                     expires_at,
@@ -220,7 +243,7 @@ async fn route(
 async fn with_session(
     state: &Arc<State>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    conn: &ClientConn,
     session: Arc<Session>,
     navigation: bool,
     now: u64,
@@ -236,7 +259,7 @@ async fn with_session(
     };
     match lifecycle::check(state, session, req.headers(), now).await {
         Checked::Valid { session, cookies } => {
-            forward(state, req, peer, Tie::Session(session), cookies, note).await
+            forward(state, req, conn, Tie::Session(session), cookies, note).await
         }
         Checked::Ended { cookies } => routes::with_cookies(challenge(&expired, req.uri()), cookies),
         Checked::Expired => challenge(&expired, req.uri()),
@@ -294,7 +317,7 @@ fn challenge(decision: &Decision, uri: &http::Uri) -> Response<Body> {
 async fn forward(
     state: &Arc<State>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    conn: &ClientConn,
     tie: Tie,
     cookies: Vec<http::HeaderValue>,
     note: &Note,
@@ -322,8 +345,10 @@ async fn forward(
         .forward(
             req,
             Forward {
-                peer: peer.ip().to_canonical(),
+                peer: conn.peer.ip().to_canonical(),
+                peer_value: &conn.peer_value,
                 identity,
+                affinity: &conn.upstream,
             },
             guard,
         )

@@ -65,8 +65,7 @@ use tokio_rustls::TlsAcceptor;
 
 use self::first_bytes::FirstBytes;
 use self::framing::{Framing, Verdicts};
-use crate::router::{self, AmbiguousFraming, State};
-use crate::session::Recent;
+use crate::router::{self, AmbiguousFraming, ClientConn, State};
 
 /// Headers accepted in one HTTP/1.1 request (431 beyond).
 const MAX_HEADERS: usize = 128;
@@ -260,12 +259,12 @@ async fn accept(
             let _slot = slot;
             let verdicts = Arc::new(Verdicts::default());
             let seen = verdicts.clone();
-            let recent = Arc::new(Recent::default());
+            let client = Arc::new(ClientConn::new(peer));
             let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 if seen.next_is_ambiguous() {
                     req.extensions_mut().insert(AmbiguousFraming);
                 }
-                router::handle(state.clone(), req, peer, recent.clone())
+                router::handle(state.clone(), req, client.clone())
             });
             match tls {
                 Some(acceptor) => {

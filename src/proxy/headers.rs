@@ -5,8 +5,6 @@
 //! gate owns goes, in any case and with `_` for `-`; the gate's own cookies
 //! go; then the gate adds `X-Forwarded-*`, the identity headers and `Host`.
 
-use std::net::IpAddr;
-
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use crate::identity::Identity;
@@ -29,7 +27,8 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 
 /// What the gate adds to a forwarded request.
 pub struct Outbound<'a> {
-    pub peer: IpAddr,
+    /// The peer's address, as the `X-Forwarded-For` value it becomes.
+    pub peer: &'a HeaderValue,
     /// `https` or `http`, from `CT_SERVER_URL`.
     pub proto: &'a HeaderValue,
     /// The public host (and port) from `CT_SERVER_URL`, never the client's `Host`.
@@ -100,12 +99,14 @@ pub fn to_upstream(headers: &mut HeaderMap, out: &Outbound<'_>) {
         headers.remove(name);
     }
     strip_gate_cookies(headers);
-    let peer = out.peer.to_string();
     let xff = match chain {
-        Some(chain) => HeaderValue::from_str(&format!("{chain}, {peer}")),
-        None => HeaderValue::from_str(&peer),
+        Some(chain) => {
+            let peer = out.peer.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{chain}, {peer}")).ok()
+        }
+        None => Some(out.peer.clone()),
     };
-    if let Ok(v) = xff {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, out.proto.clone());
@@ -150,15 +151,20 @@ pub fn strip_gate_cookies(headers: &mut HeaderMap) {
 }
 
 fn rebuild_cookies(headers: &mut HeaderMap) {
-    let kept: Vec<&str> = headers
+    let mut joined = String::new();
+    for pair in headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .map(str::trim)
         .filter(|p| !p.is_empty() && !CookieNames::is_ours(p))
-        .collect();
-    let joined = kept.join("; ");
+    {
+        if !joined.is_empty() {
+            joined.push_str("; ");
+        }
+        joined.push_str(pair);
+    }
     headers.remove(header::COOKIE);
     if let (false, Ok(v)) = (joined.is_empty(), HeaderValue::from_str(&joined)) {
         headers.insert(header::COOKIE, v);

@@ -1,9 +1,10 @@
-use std::net::{IpAddr, Ipv4Addr};
-
 use http::{HeaderMap, HeaderValue, header};
 use proptest::prelude::*;
 
 use super::*;
+
+/// `10.1.2.3`, the peer of every test request.
+static PEER: HeaderValue = HeaderValue::from_static("10.1.2.3");
 
 fn outbound<'a>(
     proto: &'a HeaderValue,
@@ -12,7 +13,7 @@ fn outbound<'a>(
     upgrade: bool,
 ) -> Outbound<'a> {
     Outbound {
-        peer: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
+        peer: &PEER,
         proto,
         host,
         identity,

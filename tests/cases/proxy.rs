@@ -223,6 +223,62 @@ async fn a_large_download_arrives_complete() {
     assert_eq!(offset, SIZE);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_and_replaced_when_the_upstream_drops_them() {
+    let w = World::start().await;
+    let b = w.signed_in("alice").await;
+    for (client, label) in [
+        (http1_client(&w, &b), "HTTP/1.1"),
+        (b.client().clone(), "HTTP/2"),
+    ] {
+        w.upstream.clear();
+        let get = |path: String| {
+            let client = client.clone();
+            let url = w.url(&path);
+            async move {
+                let resp = client
+                    .get(url)
+                    .header(ACCEPT, "application/json")
+                    .send()
+                    .await
+                    .unwrap();
+                (resp.status(), resp.text().await.unwrap())
+            }
+        };
+        for i in 0..20 {
+            let (status, body) = get(format!("/api/items/{i}")).await;
+            assert_eq!(status, 200, "{label} request {i}: {body}");
+        }
+        // HTTP/1.1: the client connection's own upstream connection, always;
+        // HTTP/2 streams share the thread's idle ones.
+        let kept = w.upstream.connections();
+        match label {
+            "HTTP/1.1" => assert_eq!(kept, 1, "{label}: one upstream connection for 20 requests"),
+            _ => assert!(
+                kept < 5,
+                "{label}: {kept} upstream connections for 20 requests"
+            ),
+        }
+        // The upstream restarts (or times its idle connections out).
+        w.upstream.drop_connections();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for i in 0..5 {
+            let (status, body) = get(format!("/api/after/{i}")).await;
+            assert_eq!(status, 200, "{label} request {i} after the drop: {body}");
+        }
+        let after = w.upstream.connections();
+        assert!(after > kept, "{label}: no new connection after the drop");
+        if label == "HTTP/1.1" {
+            assert_eq!(after, 2, "{label}: one new connection after the drop");
+        }
+        assert_eq!(
+            w.upstream.requests().len(),
+            25,
+            "{label}: each request reached the upstream once"
+        );
+    }
+}
+
 /// Serves `HTTP/1.1 200 back` on `addr` to every connection, like an
 /// upstream that came back up.
 async fn serve_back_on(addr: &str) -> tokio::task::JoinHandle<()> {

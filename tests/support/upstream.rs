@@ -75,12 +75,25 @@ impl Recorded {
     }
 }
 
-#[derive(Default)]
 struct State {
+    /// Bumped by [`Upstream::drop_connections`]: every open connection ends.
+    kick: watch::Sender<u64>,
     requests: Mutex<Vec<Recorded>>,
     connections: AtomicUsize,
     open_websockets: AtomicUsize,
     open_streams: AtomicUsize,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            kick: watch::channel(0).0,
+            requests: Mutex::default(),
+            connections: AtomicUsize::default(),
+            open_websockets: AtomicUsize::default(),
+            open_streams: AtomicUsize::default(),
+        }
+    }
 }
 
 impl State {
@@ -214,6 +227,12 @@ impl Upstream {
         self.state.open_streams.load(Ordering::SeqCst)
     }
 
+    /// Closes every open connection (without a word, as an upstream's idle
+    /// timeout or a restart does) and keeps listening.
+    pub fn drop_connections(&self) {
+        self.state.kick.send_modify(|n| *n += 1);
+    }
+
     /// Forgets recorded requests and resets the connection count.
     pub fn clear(&self) {
         self.state
@@ -236,12 +255,14 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let stop_for_svc = stop.clone();
+    let mut kicked = st.kick.subscribe();
     let svc = service_fn(move |req| routes::handle(req, st.clone(), stop_for_svc.clone()));
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::select! {
         _ = conn => {}
         _ = stop.changed() => {}
+        _ = kicked.changed() => {}
     }
 }
 

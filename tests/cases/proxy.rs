@@ -279,6 +279,29 @@ async fn upstream_connections_are_kept_alive_and_replaced_when_the_upstream_drop
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_head_over_64_kib_is_a_502_and_the_gate_keeps_serving() {
+    let w = World::start().await;
+    let b = w.signed_in("alice").await;
+    // HTTP/1.1: reqwest's HTTP/2 client takes 16 KiB of headers at most.
+    let client = http1_client(&w, &b);
+    let get = |path: &str| {
+        client
+            .get(w.url(path))
+            .header(ACCEPT, "application/json")
+            .send()
+    };
+    let small = get("/big-head?bytes=40960").await.unwrap();
+    assert_eq!(small.status(), 200, "a 40 KiB head passes");
+    assert_eq!(small.headers().get_all("x-filler").iter().count(), 10);
+    let big = get("/big-head?bytes=81920").await.unwrap();
+    assert_eq!(big.status(), 502);
+    let body: serde_json::Value = big.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_unavailable", "{body}");
+    let after = get("/api/after").await.unwrap();
+    assert_eq!(after.status(), 200);
+}
+
 /// Serves `HTTP/1.1 200 back` on `addr` to every connection, like an
 /// upstream that came back up.
 async fn serve_back_on(addr: &str) -> tokio::task::JoinHandle<()> {

@@ -9,6 +9,7 @@
 //! - `/upload` → reads the body frame by frame, answers `{"bytes": n, "sha256": hex}`.
 //! - `/big?bytes=N` (1 MiB) → N bytes of [`pattern_byte`], with `content-length`.
 //! - `/status/NNN` → status NNN (200–999), body `{"status": NNN}`.
+//! - `/big-head?bytes=N` (70 KiB) → 200 with about N bytes of `x-filler` headers.
 //! - anything else → 200 JSON `{"method","path","query","headers":{name:[values]},
 //!   "body_len","version"}` with `set-cookie: app=1`.
 //!

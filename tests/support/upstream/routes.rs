@@ -47,6 +47,8 @@ pub(super) async fn handle(
         big(query_u64(&query, "bytes", 1 << 20), st)
     } else if let Some(code) = path.strip_prefix("/status/") {
         status(code)
+    } else if path == "/big-head" {
+        big_head(query_u64(&query, "bytes", 70 * 1024))
     } else {
         echo(&parts, body_len)
     };
@@ -262,6 +264,16 @@ fn echo(parts: &http::request::Parts, body_len: u64) -> Response<Body> {
     response
         .headers_mut()
         .insert(header::SET_COOKIE, HeaderValue::from_static("app=1"));
+    response
+}
+
+/// 200 with `x-filler` headers of 4 KiB each, about `bytes` in all.
+fn big_head(bytes: u64) -> Response<Body> {
+    let mut response = json(StatusCode::OK, &serde_json::json!({"big_head": bytes}));
+    let filler = HeaderValue::from_str(&"f".repeat(4096)).expect("filler header");
+    for _ in 0..bytes.div_ceil(4096) {
+        response.headers_mut().append("x-filler", filler.clone());
+    }
     response
 }
 

@@ -188,6 +188,8 @@ impl Proxy {
         guard: impl FnOnce() -> Option<Guard>,
     ) -> Result<Response<Body>, ProxyError> {
         let is_upgrade = upgrade::is_websocket(req.headers());
+        // The client's version, before the upstream request becomes HTTP/1.1.
+        let sequential = req.version() <= Version::HTTP_11;
         let head = req.method() == Method::HEAD;
         let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -214,7 +216,12 @@ impl Proxy {
         };
         let mut resp = self
             .pool
-            .send(fwd.affinity, Request::from_parts(parts, body), is_upgrade)
+            .send(
+                fwd.affinity,
+                Request::from_parts(parts, body),
+                sequential,
+                is_upgrade,
+            )
             .await?;
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (Some(client_upgrade), true) = (client_upgrade, switched) {

@@ -42,9 +42,12 @@ pub const MAX_IDLE_PER_THREAD: usize = 32;
 const MAX_IDLE_AGE: Duration = Duration::from_secs(60);
 /// Upstreams a thread keeps idle lists for (tests build many proxies).
 const MAX_UPSTREAMS_PER_THREAD: usize = 8;
-/// How long an HTTP/1 client's own connection may take to become free (its
-/// last answer's end still being read) before another one is used.
-const FREE_WAIT: Duration = Duration::from_millis(50);
+/// How long an HTTP/1 client's own connection may take to become free
+/// before another one is used. hyper serves an HTTP/1 connection's next
+/// request only once the last answer is written, so by then the upstream
+/// connection has read that answer to its end or closed: what is left is
+/// its task's turn to run, which a busy machine can delay past 50 ms.
+const FREE_WAIT: Duration = Duration::from_secs(1);
 /// Largest upstream answer head, and the most a connection buffers.
 const MAX_BUF: usize = 64 * 1024;
 
@@ -165,15 +168,18 @@ impl Pool {
     }
 
     /// Sends `req` (origin-form URI, `Host` set) on a connection of
-    /// `affinity`, of this thread, or a new one. `upgrade`: the connection
-    /// is the WebSocket's afterwards and is not handed back.
+    /// `affinity`, of this thread, or a new one. `sequential`: the client
+    /// connection sends one request at a time (HTTP/1), so it may wait a
+    /// moment for its own upstream connection; HTTP/2 streams never wait
+    /// for one another. `upgrade`: the connection is the WebSocket's
+    /// afterwards and is not handed back.
     pub async fn send(
         &self,
         affinity: &Affinity,
         mut req: Request<Body>,
+        sequential: bool,
         upgrade: bool,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let sequential = req.version() <= http::Version::HTTP_11;
         loop {
             let (mut conn, reused) = match self.take(affinity, sequential).await? {
                 Got::Reused(c) => (c, true),

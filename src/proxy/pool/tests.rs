@@ -40,14 +40,27 @@ async fn upstream(after: After) -> (http::Uri, Arc<AtomicUsize>) {
                         }
                     }
                     let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    // `/slow` (`/brief`): the body's second byte comes 100 ms
+                    // (20 ms) after the first.
+                    let pause = if buf.starts_with(b"GET /slow ") {
+                        100
+                    } else if buf.starts_with(b"GET /brief ") {
+                        20
+                    } else {
+                        0
+                    };
                     buf.drain(..end);
                     let close = if matches!(after, After::SayClose) {
                         "connection: close\r\n"
                     } else {
                         ""
                     };
-                    let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{close}\r\nok");
+                    let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{close}\r\no");
                     if tcp.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    if tcp.write_all(b"k").await.is_err() {
                         return;
                     }
                     if !matches!(after, After::KeepAlive) {
@@ -78,7 +91,7 @@ async fn get(pool: &Pool, affinity: &Affinity) -> Result<String, ProxyError> {
         .header(header::HOST, "upstream.test")
         .body(respond::empty())
         .unwrap();
-    let resp = pool.send(affinity, req, false).await?;
+    let resp = pool.send(affinity, req, true, false).await?;
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     Ok(String::from_utf8(body.to_vec()).unwrap())
@@ -145,7 +158,7 @@ async fn a_thread_keeps_a_bounded_number_of_idle_connections() {
             .body(respond::empty())
             .unwrap();
         // Hold every answer unread so no connection is free for the next.
-        pending.push(pool.send(a, req, false).await.unwrap());
+        pending.push(pool.send(a, req, true, false).await.unwrap());
     }
     assert_eq!(accepted.load(Ordering::SeqCst), many);
     for resp in pending {
@@ -168,4 +181,50 @@ async fn nothing_listening_is_a_connect_error() {
     let pool = pool(format!("http://{addr}/").parse().unwrap());
     let err = get(&pool, &Affinity::default()).await.unwrap_err();
     assert!(matches!(err, ProxyError::Connect(_)), "{err}");
+}
+
+#[tokio::test]
+async fn concurrent_streams_never_wait_for_a_busy_connection() {
+    let (target, accepted) = upstream(After::KeepAlive).await;
+    let pool = pool(target);
+    let affinity = Affinity::default();
+    let req = |path: &str| {
+        Request::builder()
+            .uri(path)
+            .header(header::HOST, "upstream.test")
+            .body(respond::empty())
+            .unwrap()
+    };
+    // A stream whose answer is still being read holds its connection...
+    let first = pool
+        .send(&affinity, req("/slow"), false, false)
+        .await
+        .unwrap();
+    // ...so a second stream of the same client gets another at once.
+    let started = Instant::now();
+    let second = pool.send(&affinity, req("/x"), false, false).await.unwrap();
+    assert!(
+        started.elapsed() < FREE_WAIT / 2,
+        "waited {:?} for a busy connection",
+        started.elapsed()
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    for resp in [first, second] {
+        resp.into_body().collect().await.unwrap();
+    }
+    // A sequential client waits a moment for its own connection instead
+    // (a pool of its own, so no other connection is idle): the answer's
+    // end comes 20 ms later.
+    let (target, accepted) = upstream(After::KeepAlive).await;
+    let pool = self::pool(target);
+    let busy = pool
+        .send(&affinity, req("/brief"), true, false)
+        .await
+        .unwrap();
+    let reader = tokio::spawn(async move {
+        busy.into_body().collect().await.unwrap();
+    });
+    get(&pool, &affinity).await.unwrap();
+    reader.await.unwrap();
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "no second connection");
 }

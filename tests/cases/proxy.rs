@@ -223,70 +223,123 @@ async fn a_large_download_arrives_complete() {
     assert_eq!(offset, SIZE);
 }
 
+/// Reads one answer (head and `Content-Length` body) off a kept-alive
+/// connection: its status, or `None` if the connection ended first.
+async fn read_answer<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Option<u16> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < end + 4 + len {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return None,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                return head.split(' ').nth(1).and_then(|c| c.parse().ok());
+            }
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .ok()
+        .flatten()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_kept_alive_and_replaced_when_the_upstream_drops_them() {
     let w = World::start().await;
     let b = w.signed_in("alice").await;
-    for (client, label) in [
-        (http1_client(&w, &b), "HTTP/1.1"),
-        (b.client().clone(), "HTTP/2"),
-    ] {
-        w.upstream.clear();
-        let get = |path: String| {
-            let client = client.clone();
-            let url = w.url(&path);
-            async move {
-                let resp = client
-                    .get(url)
-                    .header(ACCEPT, "application/json")
-                    .send()
-                    .await
-                    .unwrap();
-                (resp.status(), resp.text().await.unwrap())
-            }
-        };
-        for i in 0..20 {
-            let (status, body) = get(format!("/api/items/{i}")).await;
-            assert_eq!(status, 200, "{label} request {i}: {body}");
-        }
-        // HTTP/1.1: the client connection's own upstream connection, opened
-        // for it or taken idle (the sign-in's); HTTP/2 streams share the
-        // thread's idle ones.
-        let kept = w.upstream.connections();
-        match label {
-            "HTTP/1.1" => assert!(
-                kept <= 1,
-                "{label}: {kept} upstream connections for 20 requests"
-            ),
-            // Under load a stream may find the last one's connection not yet
-            // free and open another; never one per request.
-            _ => assert!(
-                kept < 20,
-                "{label}: {kept} upstream connections for 20 requests"
-            ),
-        }
-        // The upstream restarts (or times its idle connections out).
-        w.upstream.drop_connections();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        for i in 0..5 {
-            let (status, body) = get(format!("/api/after/{i}")).await;
-            assert_eq!(status, 200, "{label} request {i} after the drop: {body}");
-        }
-        let after = w.upstream.connections();
-        assert!(after > kept, "{label}: no new connection after the drop");
-        if label == "HTTP/1.1" {
-            assert_eq!(
-                after - kept,
-                1,
-                "{label}: one new connection after the drop"
-            );
-        }
+
+    // HTTP/1.1 on one client connection: it keeps one upstream connection
+    // (opened for it, or the sign-in's idle one taken over).
+    let cookie = cookie_header(&w, &b);
+    let mut tls = tls_connect(&w, &["http/1.1"]).await;
+    let port = w.gate.port;
+    let mut get = async |path: String| {
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nAccept: application/json\r\nCookie: {cookie}\r\n\r\n"
+        );
+        tls.write_all(req.as_bytes()).await.unwrap();
+        read_answer(&mut tls).await
+    };
+    w.upstream.clear();
+    for i in 0..20 {
         assert_eq!(
-            w.upstream.requests().len(),
-            25,
-            "{label}: each request reached the upstream once"
+            get(format!("/api/items/{i}")).await,
+            Some(200),
+            "request {i}"
         );
     }
+    let kept = w.upstream.connections();
+    assert!(kept <= 1, "{kept} upstream connections for 20 requests");
+    // The upstream restarts (or times its idle connections out).
+    w.upstream.drop_connections();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..5 {
+        let status = get(format!("/api/after/{i}")).await;
+        assert_eq!(status, Some(200), "request {i} after the drop");
+    }
+    assert_eq!(
+        w.upstream.connections() - kept,
+        1,
+        "one new upstream connection after the drop"
+    );
+    assert_eq!(
+        w.upstream.requests().len(),
+        25,
+        "each request reached the upstream once"
+    );
+
+    // HTTP/2: streams share the serving thread's idle connections. Under
+    // load a stream may find the last one's connection not yet free and
+    // open another; never one per request.
+    w.upstream.clear();
+    let json = async |path: String| {
+        let resp = b
+            .client()
+            .get(w.url(&path))
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .unwrap();
+        (resp.status(), resp.text().await.unwrap())
+    };
+    for i in 0..20 {
+        let (status, body) = json(format!("/api/h2/{i}")).await;
+        assert_eq!(status, 200, "HTTP/2 request {i}: {body}");
+    }
+    let kept = w.upstream.connections();
+    assert!(
+        kept < 20,
+        "HTTP/2: {kept} upstream connections for 20 requests"
+    );
+    w.upstream.drop_connections();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..5 {
+        let (status, body) = json(format!("/api/h2-after/{i}")).await;
+        assert_eq!(status, 200, "HTTP/2 request {i} after the drop: {body}");
+    }
+    assert!(
+        w.upstream.connections() > kept,
+        "HTTP/2: no new connection after the drop"
+    );
+    assert_eq!(
+        w.upstream.requests().len(),
+        25,
+        "HTTP/2: each request reached the upstream once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,8 +48,9 @@ pub struct State {
 
 /// What the gate keeps per client connection, for all its requests.
 pub struct ClientConn {
-    pub peer: SocketAddr,
-    /// The peer's address as an `X-Forwarded-For` value.
+    /// The peer's address, IPv4-mapped addresses as IPv4.
+    ip: std::net::IpAddr,
+    /// `ip` as an `X-Forwarded-For` value.
     peer_value: http::HeaderValue,
     /// The session this connection showed last.
     recent: Recent,
@@ -61,7 +62,7 @@ impl ClientConn {
     pub fn new(peer: SocketAddr) -> Self {
         let ip = peer.ip().to_canonical();
         Self {
-            peer,
+            ip,
             // An address's text is always a valid header value.
             peer_value: http::HeaderValue::from_str(&ip.to_string())
                 .unwrap_or(http::HeaderValue::from_static("unknown")),
@@ -345,7 +346,7 @@ async fn forward(
         .forward(
             req,
             Forward {
-                peer: conn.peer.ip().to_canonical(),
+                peer: conn.ip,
                 peer_value: &conn.peer_value,
                 identity,
                 affinity: &conn.upstream,

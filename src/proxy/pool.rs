@@ -128,18 +128,6 @@ fn take_from_thread(id: u64) -> Option<Conn> {
     })
 }
 
-/// Idle connections this thread holds for upstream `id` (for tests).
-#[cfg(test)]
-fn idle_on_thread(id: u64) -> usize {
-    IDLE.with(|lists| {
-        lists
-            .borrow()
-            .iter()
-            .find(|(i, _)| *i == id)
-            .map_or(0, |(_, l)| l.len())
-    })
-}
-
 /// Where a request goes: the upstream's address and how to reach it.
 pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
@@ -150,13 +138,6 @@ pub struct Pool {
 }
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Whether a connection was taken from a list (and may have been closed by
-/// the upstream meanwhile) or opened for this request.
-enum Got {
-    Reused(Conn),
-    Fresh(Conn),
-}
 
 impl Pool {
     pub fn new(connector: HttpsConnector<HttpConnector>, target: http::Uri) -> Self {
@@ -181,10 +162,7 @@ impl Pool {
         upgrade: bool,
     ) -> Result<Response<Incoming>, ProxyError> {
         loop {
-            let (mut conn, reused) = match self.take(affinity, sequential).await? {
-                Got::Reused(c) => (c, true),
-                Got::Fresh(c) => (c, false),
-            };
+            let (mut conn, reused) = self.take(affinity, sequential).await?;
             match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
                     if !upgrade {
@@ -201,14 +179,20 @@ impl Pool {
         }
     }
 
-    async fn take(&self, affinity: &Affinity, sequential: bool) -> Result<Got, ProxyError> {
+    /// A connection for one request, and whether it was taken from a list
+    /// (the upstream may have closed it meanwhile) rather than opened now.
+    async fn take(
+        &self,
+        affinity: &Affinity,
+        sequential: bool,
+    ) -> Result<(Conn, bool), ProxyError> {
         if sequential && let Some(conn) = self.own(affinity).await {
-            return Ok(Got::Reused(conn));
+            return Ok((conn, true));
         }
         if let Some(conn) = take_from_thread(self.id) {
-            return Ok(Got::Reused(conn));
+            return Ok((conn, true));
         }
-        self.connect().await.map(Got::Fresh)
+        Ok((self.connect().await?, false))
     }
 
     /// The client connection's own upstream connection, once it is free.
@@ -273,9 +257,16 @@ impl Pool {
         })
     }
 
+    /// Idle connections this thread holds for this upstream.
     #[cfg(test)]
     fn idle_here(&self) -> usize {
-        idle_on_thread(self.id)
+        IDLE.with(|lists| {
+            lists
+                .borrow()
+                .iter()
+                .find(|(i, _)| *i == self.id)
+                .map_or(0, |(_, l)| l.len())
+        })
     }
 }
 

@@ -562,8 +562,9 @@ async fn forwarding_headers_are_the_gates_and_only_a_trusted_proxy_extends_x_for
 // Connection limit
 // ---------------------------------------------------------------------------
 
-/// Reads one response (head and `Content-Length` body) off a kept-alive connection.
-async fn read_one_response(s: &mut TcpStream) -> Option<u16> {
+/// Reads one response (head and `Content-Length` body) off a kept-alive
+/// connection: its status, or `None` if the connection ended first.
+pub(crate) async fn read_one_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Option<u16> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let read = async {

@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::assert_eventually;
+use crate::cases::hostile::read_one_response;
 use crate::support::browser::Browser;
 use crate::support::certs::TestPki;
 use crate::support::gate::{Setup, World};
@@ -223,40 +224,6 @@ async fn a_large_download_arrives_complete() {
     assert_eq!(offset, SIZE);
 }
 
-/// Reads one answer (head and `Content-Length` body) off a kept-alive
-/// connection: its status, or `None` if the connection ended first.
-async fn read_answer<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Option<u16> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let read = async {
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                while buf.len() < end + 4 + len {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return None,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                return head.split(' ').nth(1).and_then(|c| c.parse().ok());
-            }
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .ok()
-        .flatten()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_kept_alive_and_replaced_when_the_upstream_drops_them() {
     let w = World::start().await;
@@ -272,7 +239,7 @@ async fn upstream_connections_are_kept_alive_and_replaced_when_the_upstream_drop
             "GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nAccept: application/json\r\nCookie: {cookie}\r\n\r\n"
         );
         tls.write_all(req.as_bytes()).await.unwrap();
-        read_answer(&mut tls).await
+        read_one_response(&mut tls).await
     };
     w.upstream.clear();
     for i in 0..20 {

@@ -1,11 +1,14 @@
 //! Forwarding to `CT_UPSTREAM_URL` over kept-alive HTTP/1.1 connections
-//! (see [`pool`]): bodies stream both ways, WebSocket upgrades are spliced.
+//! (see [`pool`] and [`h1`]): bodies stream both ways, WebSocket upgrades
+//! are spliced.
 
 pub mod cutoff;
+pub mod h1;
 pub mod headers;
 pub mod idle;
 mod lazy_buf;
 pub mod pool;
+mod stream;
 pub mod upgrade;
 
 use std::net::IpAddr;
@@ -16,23 +19,23 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use url::Url;
 
 use self::cutoff::{Cutoff, Guard};
-pub use self::pool::Affinity;
 use self::pool::Pool;
 use crate::identity::Identity;
 use crate::respond::{self, Body};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Answers longer than this are tied to their session like streams.
 const LONG_BODY_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("upstream request failed: {0}")]
-    Upstream(hyper::Error),
+    Upstream(h1::H1Error),
+    /// The client's request body failed while it was being sent on.
+    #[error("the request body failed: {0}")]
+    ClientBody(respond::BoxError),
     #[error("cannot connect to the upstream: {0}")]
     Connect(Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot build the upstream URI")]
@@ -46,21 +49,17 @@ impl ProxyError {
     /// failed (the client went away) or went quiet past
     /// `CT_BODY_IDLE_TIMEOUT`; `Some(true)` for the latter.
     pub fn client_body(&self) -> Option<bool> {
-        let ProxyError::Upstream(e) = self else {
+        let ProxyError::ClientBody(e) = self else {
             return None;
         };
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        let mut user = false;
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
         while let Some(err) = source {
             if err.downcast_ref::<idle::BodyIdle>().is_some() {
                 return Some(true);
             }
-            user |= err
-                .downcast_ref::<hyper::Error>()
-                .is_some_and(hyper::Error::is_user);
             source = err.source();
         }
-        user.then_some(false)
+        Some(false)
     }
 }
 
@@ -92,8 +91,6 @@ pub struct Forward<'a> {
     /// `peer` as an `X-Forwarded-For` value (rendered once per connection).
     pub peer_value: &'a HeaderValue,
     pub identity: Option<&'a Identity>,
-    /// The client connection's upstream connection.
-    pub affinity: &'a Affinity,
 }
 
 impl Proxy {
@@ -103,9 +100,6 @@ impl Proxy {
         extra_roots: Option<&[u8]>,
         clients: ClientPolicy,
     ) -> Result<Self, ProxyError> {
-        let uri: Uri = upstream.as_str().parse().map_err(|_| ProxyError::Uri)?;
-        let scheme = uri.scheme().cloned().ok_or(ProxyError::Uri)?;
-        let authority = uri.authority().cloned().ok_or(ProxyError::Uri)?;
         let base_path = upstream.path().trim_end_matches('/').to_string();
 
         let mut roots = rustls::RootCertStore::empty();
@@ -124,29 +118,14 @@ impl Proxy {
         .map_err(|e| ProxyError::Tls(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
 
         let host = server_url.host_str().ok_or(ProxyError::Uri)?;
         let public_host = match server_url.port() {
             Some(port) => format!("{host}:{port}"),
             None => host.to_string(),
         };
-        let target = Uri::builder()
-            .scheme(scheme)
-            .authority(authority)
-            .path_and_query("/")
-            .build()
-            .map_err(|_| ProxyError::Uri)?;
         Ok(Self {
-            pool: Pool::new(connector, target),
+            pool: Pool::new(upstream, tls)?,
             base_path,
             proto: HeaderValue::from_static(if server_url.scheme() == "https" {
                 "https"
@@ -188,8 +167,6 @@ impl Proxy {
         guard: impl FnOnce() -> Option<Guard>,
     ) -> Result<Response<Body>, ProxyError> {
         let is_upgrade = upgrade::is_websocket(req.headers());
-        // The client's version, before the upstream request becomes HTTP/1.1.
-        let sequential = req.version() <= Version::HTTP_11;
         let head = req.method() == Method::HEAD;
         let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -214,25 +191,22 @@ impl Proxy {
         } else {
             idle::Idle::new(body, self.body_idle_timeout).boxed_unsync()
         };
-        let mut resp = self
+        let resp = self
             .pool
-            .send(
-                fwd.affinity,
-                Request::from_parts(parts, body),
-                sequential,
-                is_upgrade,
-            )
+            .send(Request::from_parts(parts, body), is_upgrade)
             .await?;
-        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if let (Some(client_upgrade), true) = (client_upgrade, switched) {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            upgrade::splice(
-                client_upgrade,
-                upstream_upgrade,
-                guard(),
-                self.websockets_open.clone(),
-            );
-            let (mut parts, _) = resp.into_parts();
+        if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
+            (client_upgrade, resp.status())
+        {
+            let (mut parts, answer) = resp.into_parts();
+            if let Some(upstream) = answer.into_switched() {
+                upgrade::splice(
+                    client_upgrade,
+                    upstream,
+                    guard(),
+                    self.websockets_open.clone(),
+                );
+            }
             headers::from_upstream(&mut parts.headers, true);
             return Ok(Response::from_parts(parts, respond::empty()));
         }

@@ -18,7 +18,7 @@ use crate::identity::Identity;
 use crate::lifecycle::{self, Checked};
 use crate::live::Live;
 use crate::provider::{Bearer, Registry};
-use crate::proxy::{Affinity, Forward, Proxy, upgrade};
+use crate::proxy::{Forward, Proxy, upgrade};
 use crate::respond::{self, Body, Failure};
 use crate::routes;
 use crate::session::refresh::SingleFlight;
@@ -54,8 +54,6 @@ pub struct ClientConn {
     peer_value: http::HeaderValue,
     /// The session this connection showed last.
     recent: Recent,
-    /// The upstream connection its requests use.
-    upstream: Affinity,
 }
 
 impl ClientConn {
@@ -67,7 +65,6 @@ impl ClientConn {
             peer_value: http::HeaderValue::from_str(&ip.to_string())
                 .unwrap_or(http::HeaderValue::from_static("unknown")),
             recent: Recent::default(),
-            upstream: Affinity::default(),
         }
     }
 }
@@ -349,7 +346,6 @@ async fn forward(
                 peer: conn.ip,
                 peer_value: &conn.peer_value,
                 identity,
-                affinity: &conn.upstream,
             },
             guard,
         )

@@ -29,17 +29,28 @@ ensure_packages curl
 command -v node >/dev/null || die "node is needed (the test provider is node)"
 build_gate
 
-read -r UP_PORT PROXY_PORT APACHE_PORT GATE_PORT GATE_INFO_PORT PERF_PORT < <(free_ports 6)
+read -r UP_PORT PROXY_PORT APACHE_PORT GATE_PORT GATE_INFO_PORT PERF_PORT GATE_B_PORT < <(free_ports 7)
 
 start_upstream "$UP_PORT"
 start_proxy "$PROXY_PORT" "$UP_PORT"
-start_idp "http://127.0.0.1:$GATE_PORT/sso/authorization-code/callback,http://127.0.0.1:$GATE_INFO_PORT/sso/authorization-code/callback,http://127.0.0.1:$PERF_PORT/sso/authorization-code/callback,http://127.0.0.1:$APACHE_PORT/redirect_uri" \
+start_idp "http://127.0.0.1:$GATE_PORT/sso/authorization-code/callback,http://127.0.0.1:$GATE_INFO_PORT/sso/authorization-code/callback,http://127.0.0.1:$PERF_PORT/sso/authorization-code/callback,http://127.0.0.1:$GATE_B_PORT/sso/authorization-code/callback,http://127.0.0.1:$APACHE_PORT/redirect_uri" \
   "http://127.0.0.1:$GATE_PORT/sso/logout,http://127.0.0.1:$GATE_INFO_PORT/sso/logout"
 start_apache "$APACHE_PORT" "$UP_PORT"
 start_gate "$GATE_PORT" "$UP_PORT" warn "$WORK/gate.log"
 GATE_MAIN_PID=$GATE_PID
 start_gate "$GATE_INFO_PORT" "$UP_PORT" info "$WORK/gate-info.log"
 GATE_INFO_PID=$GATE_PID
+# BENCH_GATE_B=PATH: a second gate binary (another build) measured in the same
+# rounds, right after the first, for a comparison the machine's drift cannot skew.
+GATE_B_PID=0
+if [[ -n ${BENCH_GATE_B:-} ]]; then
+  [[ -x $BENCH_GATE_B ]] || die "BENCH_GATE_B=$BENCH_GATE_B is not an executable"
+  GATE_BIN_SAVED=$GATE_BIN
+  GATE_BIN=$BENCH_GATE_B
+  start_gate "$GATE_B_PORT" "$UP_PORT" warn "$WORK/gate-b.log"
+  GATE_B_PID=$GATE_PID
+  GATE_BIN=$GATE_BIN_SAVED
+fi
 say "upstream :$UP_PORT  nginx :$PROXY_PORT  apache :$APACHE_PORT  gate :$GATE_PORT (warn)  gate :$GATE_INFO_PORT (info)"
 
 say "start to ready (5 runs, polled every 5 ms)"
@@ -50,6 +61,10 @@ say "ready: $READY_JSON"
 say "scripted sign-ins (alice)"
 GATE_COOKIE=$(signin_session "http://127.0.0.1:$GATE_PORT/hello")
 GATE_INFO_COOKIE=$(signin_session "http://127.0.0.1:$GATE_INFO_PORT/hello")
+GATE_B_COOKIE=
+if [[ -n ${BENCH_GATE_B:-} ]]; then
+  GATE_B_COOKIE=$(signin_session "http://127.0.0.1:$GATE_B_PORT/hello")
+fi
 APACHE_COOKIE=$(signin_session "http://127.0.0.1:$APACHE_PORT/hello")
 BEARER=$(node "$BENCH_DIR/signin.mjs" idtoken "$ISSUER" "$CLIENT_ID" "$CLIENT_SECRET" \
   "http://127.0.0.1:$GATE_PORT/sso/authorization-code/callback") || die "no ID token"
@@ -101,7 +116,7 @@ if [[ -n ${BENCH_PERF:-} ]]; then
   for _ in $(seq 50); do kill -0 "$PERF_PID" 2>/dev/null || break; sleep 0.1; done
 fi
 
-export GATE_COOKIE GATE_INFO_COOKIE APACHE_COOKIE BEARER
+export GATE_COOKIE GATE_INFO_COOKIE GATE_B_COOKIE APACHE_COOKIE BEARER
 G="http://127.0.0.1:$GATE_PORT"
 JSON_ACCEPT="application/json"
 HTML_ACCEPT="text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
@@ -117,7 +132,7 @@ const cookie = process.env.GATE_COOKIE;
 fs.writeFileSync(process.argv[2], JSON.stringify({
   duration: $DURATION, warmup: $WARMUP, rounds: $ROUNDS, connections: $CONNECTIONS, threads: $THREADS,
   clk_tck: $(getconf CLK_TCK), wrk_lua: '$BENCH_DIR/wrk.lua',
-  procs: { upstream: $UPSTREAM_PID, nginx: $PROXY_PID, apache: $APACHE_PID, gate: $GATE_MAIN_PID, gate_info: $GATE_INFO_PID },
+  procs: { upstream: $UPSTREAM_PID, nginx: $PROXY_PID, apache: $APACHE_PID, gate: $GATE_MAIN_PID, gate_info: $GATE_INFO_PID, ...($GATE_B_PID ? { gate_b: $GATE_B_PID } : {}) },
   extra: {
     ready: $READY_JSON,
     commit: '$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo -dirty)',
@@ -136,11 +151,18 @@ fs.writeFileSync(process.argv[2], JSON.stringify({
     v('apache', 'Apache+mod_auth_openidc', 'tiny', 'http://127.0.0.1:$APACHE_PORT' + tiny, 'apache', 200, { cookie: process.env.APACHE_COOKIE }),
     v('gate_cookie', 'ssogate cookie', 'tiny', '$G' + tiny, 'gate', 200, { cookie }),
     v('gate_bearer', 'ssogate bearer JWT', 'tiny', '$G' + tiny, 'gate', 200, { bearer: process.env.BEARER }),
+    ...(process.env.GATE_B_COOKIE ? [
+      v('gate_b_cookie', 'ssogate B cookie', 'tiny', 'http://127.0.0.1:$GATE_B_PORT' + tiny, 'gate_b', 200, { cookie: process.env.GATE_B_COOKIE }),
+      v('gate_b_bearer', 'ssogate B bearer JWT', 'tiny', 'http://127.0.0.1:$GATE_B_PORT' + tiny, 'gate_b', 200, { bearer: process.env.BEARER }),
+    ] : []),
     v('gate_401', 'ssogate 401 (API, no cookie)', 'tiny', '$G' + tiny, 'gate', 401, { accept: '$JSON_ACCEPT' }),
     v('gate_302', 'ssogate 302 (browser, no cookie)', 'tiny', '$G' + tiny, 'gate', 302, { accept: '$HTML_ACCEPT' }),
     v('direct_64k', 'direct upstream 64 KiB', '64k', 'http://127.0.0.1:$UP_PORT' + big, 'upstream', 200, { body_bytes: 65536 }),
     v('nginx_64k', 'nginx proxy 64 KiB', '64k', 'http://127.0.0.1:$PROXY_PORT' + big, 'nginx', 200, { body_bytes: 65536 }),
     v('gate_cookie_64k', 'ssogate cookie 64 KiB', '64k', '$G' + big, 'gate', 200, { cookie, body_bytes: 65536 }),
+    ...(process.env.GATE_B_COOKIE ? [
+      v('gate_b_cookie_64k', 'ssogate B cookie 64 KiB', '64k', 'http://127.0.0.1:$GATE_B_PORT' + big, 'gate_b', 200, { cookie: process.env.GATE_B_COOKIE, body_bytes: 65536 }),
+    ] : []),
     v('gate_cookie_info', 'ssogate cookie, RUST_LOG=info', 'tiny', 'http://127.0.0.1:$GATE_INFO_PORT' + tiny, 'gate_info', 200, { cookie: process.env.GATE_INFO_COOKIE }),
   ],
 }, null, 2));

@@ -99,6 +99,8 @@ pub fn to_upstream(headers: &mut HeaderMap, out: &Outbound<'_>) {
         headers.remove(name);
     }
     strip_gate_cookies(headers);
+    // One growth for everything added below, if any.
+    headers.reserve(7);
     let xff = match chain {
         Some(chain) => {
             let peer = out.peer.to_str().unwrap_or_default();

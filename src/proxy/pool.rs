@@ -1,138 +1,170 @@
-//! Connections to the upstream, kept where the requests are.
+//! Connections to the upstream, kept on the serving thread that used them.
 //!
-//! Each client connection has an [`Affinity`]: the upstream connection its
-//! last HTTP/1 request used, handed back to it after the answer's head. The
-//! next request on that client connection takes it again without a look-up,
-//! a lock anyone else wants, or a task per request to watch it become free.
-//! HTTP/1 clients send one request at a time, so the connection is theirs
-//! alone; HTTP/2 streams of one client run at once and share the thread's
-//! idle list instead.
+//! A request takes an idle connection from its thread's list (newest
+//! first) or opens one, sends on it in its own task ([`super::h1`]), and the
+//! answer's body puts the connection back the moment its last byte is read.
+//! No lock, no channel and no task per connection: each serving thread runs
+//! a current-thread runtime, and its list is a thread-local. A thread keeps
+//! at most [`MAX_IDLE_PER_THREAD`] idle connections per upstream, each for
+//! at most [`MAX_IDLE_AGE`] (a task per thread closes the stale ones), so
+//! the gate holds one upstream connection per request in flight plus at
+//! most that many per thread, however clients come and go.
 //!
-//! Each serving thread keeps a bounded idle list per upstream
-//! ([`MAX_IDLE_PER_THREAD`]): the connections of client connections that
-//! ended, and those HTTP/2 streams gave back. So the gate holds at most one
-//! upstream connection per busy client connection, plus that many per
-//! thread, however clients come and go: the bound a shared, unbounded pool
-//! did not have (its idle connections piled up per thread while clients
-//! moved between threads, as a load test's rounds do).
-//!
-//! A connection the upstream closed while idle is noticed on taking it
-//! (hyper's connection task has seen the close) and dropped; if the close
-//! races the request, hyper hands the unsent request back and it goes out
-//! on another connection. A request that reached the wire is never sent
-//! twice.
+//! A connection the upstream closed while idle is noticed when it is taken
+//! (its socket is readable) and dropped. If the close races the request
+//! instead, so that the connection ends before any byte of an answer, a
+//! request that is safe to repeat (`GET`, `HEAD`, `OPTIONS` without a body)
+//! is sent again on another connection; any other gets 502, since the
+//! upstream may have acted on it.
 
 use std::cell::RefCell;
-use std::sync::Mutex;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use tower_service::Service as _;
+use http::{Method, Request, Response};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use url::{Host, Url};
 
 use super::ProxyError;
-use crate::respond::Body;
+use super::h1::{self, Answer, Conn, SendError};
+use super::stream::Stream;
+use crate::respond::{self, Body};
 
-/// Idle upstream connections a serving thread keeps per upstream.
-pub const MAX_IDLE_PER_THREAD: usize = 32;
+/// Idle upstream connections a serving thread keeps per upstream: as many
+/// as nginx's `keepalive 256` per worker. A bound well above what a thread
+/// has in flight, since a thread whose requests go past it opens a new
+/// connection for each one over.
+pub const MAX_IDLE_PER_THREAD: usize = 256;
 /// An idle connection older than this is closed instead of used.
-const MAX_IDLE_AGE: Duration = Duration::from_secs(60);
+pub const MAX_IDLE_AGE: Duration = Duration::from_secs(60);
 /// Upstreams a thread keeps idle lists for (tests build many proxies).
 const MAX_UPSTREAMS_PER_THREAD: usize = 8;
-/// How long an HTTP/1 client's own connection may take to become free
-/// before another one is used. hyper serves an HTTP/1 connection's next
-/// request only once the last answer is written, so by then the upstream
-/// connection has read that answer to its end or closed: what is left is
-/// its task's turn to run, which a busy machine can delay past 50 ms.
-const FREE_WAIT: Duration = Duration::from_secs(1);
-/// Largest upstream answer head, and the most a connection buffers.
-const MAX_BUF: usize = 64 * 1024;
+/// Connecting (TCP and TLS) gives up after this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One upstream connection, ready or busy with an answer's body.
-struct Conn {
-    sender: SendRequest<Body>,
-    /// When it was last handed back.
-    since: Instant,
-}
-
-impl Conn {
-    fn usable(&self, now: Instant) -> bool {
-        !self.sender.is_closed() && now.duration_since(self.since) < MAX_IDLE_AGE
-    }
-}
-
-/// The upstream connection of one client connection.
-#[derive(Default)]
-pub struct Affinity {
-    /// The upstream's id (see [`Pool::id`]) with the connection.
-    slot: Mutex<Option<(u64, Conn)>>,
-}
-
-impl Drop for Affinity {
-    fn drop(&mut self) {
-        let slot = self
-            .slot
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((id, conn)) = slot.take() {
-            give_to_thread(id, conn);
-        }
-    }
-}
+/// A thread's idle connections, per upstream id, oldest first.
+type Lists = Vec<(u64, VecDeque<Conn>)>;
 
 thread_local! {
-    static IDLE: RefCell<Vec<(u64, Vec<Conn>)>> = const { RefCell::new(Vec::new()) };
+    static IDLE: RefCell<Lists> = const { RefCell::new(Vec::new()) };
 }
 
-/// Hands `conn` to this thread's idle list of upstream `id` (most recent
-/// last; the oldest goes when it is full).
-fn give_to_thread(id: u64, conn: Conn) {
-    if conn.sender.is_closed() {
-        return;
-    }
+/// Hands `conn` (its answer read to the end) back to this thread's idle
+/// list of its upstream (most recent last; the oldest goes when full).
+pub fn give_back(mut conn: Conn) {
+    let now = Instant::now();
+    conn.since = now;
+    let id = conn.upstream;
     IDLE.with(|lists| {
         let mut lists = lists.borrow_mut();
-        let now = Instant::now();
+        if lists.is_empty() {
+            start_sweeping();
+        }
         let list = match lists.iter().position(|(i, _)| *i == id) {
             Some(at) => &mut lists[at].1,
             None => {
                 if lists.len() >= MAX_UPSTREAMS_PER_THREAD {
                     lists.remove(0);
                 }
-                lists.push((id, Vec::new()));
+                lists.push((id, VecDeque::new()));
                 let last = lists.len() - 1;
                 &mut lists[last].1
             }
         };
-        list.retain(|c| c.usable(now));
+        drop_stale(list, now);
         if list.len() >= MAX_IDLE_PER_THREAD {
-            list.remove(0);
+            list.pop_front();
         }
-        list.push(conn);
+        list.push_back(conn);
     });
 }
 
-/// A free connection from this thread's idle list of upstream `id`, newest
-/// first; closed and stale ones are dropped, busy ones stay.
-fn take_from_thread(id: u64) -> Option<Conn> {
+/// Closes the connections idle for [`MAX_IDLE_AGE`] (the oldest are first).
+fn drop_stale(list: &mut VecDeque<Conn>, now: Instant) {
+    while list
+        .front()
+        .is_some_and(|c| now.duration_since(c.since) >= MAX_IDLE_AGE)
+    {
+        list.pop_front();
+    }
+}
+
+/// On a thread's first idle connection: a task that closes stale ones even
+/// when no request comes to do it.
+fn start_sweeping() {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async {
+        loop {
+            tokio::time::sleep(MAX_IDLE_AGE / 4).await;
+            sweep(Instant::now());
+        }
+    });
+}
+
+/// Closes this thread's connections that are stale at `now`.
+fn sweep(now: Instant) {
+    IDLE.with(|lists| {
+        for (_, list) in lists.borrow_mut().iter_mut() {
+            drop_stale(list, now);
+        }
+    });
+}
+
+/// A usable idle connection to upstream `id` from this thread's list,
+/// newest first; stale and closed ones are dropped on the way.
+fn take_idle(id: u64) -> Option<Conn> {
+    take_idle_at(id, Instant::now())
+}
+
+fn take_idle_at(id: u64, now: Instant) -> Option<Conn> {
     IDLE.with(|lists| {
         let mut lists = lists.borrow_mut();
         let list = &mut lists.iter_mut().find(|(i, _)| *i == id)?.1;
-        let now = Instant::now();
-        list.retain(|c| c.usable(now));
-        let at = list.iter().rposition(|c| c.sender.is_ready())?;
-        Some(list.remove(at))
+        while let Some(mut conn) = list.pop_back() {
+            if now.duration_since(conn.since) < MAX_IDLE_AGE && !conn.is_dead() {
+                return Some(conn);
+            }
+        }
+        None
     })
 }
 
-/// Where a request goes: the upstream's address and how to reach it.
+thread_local! {
+    /// The buffer request heads are written into, kept between requests.
+    static HEAD: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// This thread's head buffer while a request uses it; put back after.
+struct HeadBuf(Vec<u8>);
+
+impl HeadBuf {
+    /// Largest buffer kept for the next request.
+    const KEEP: usize = 16 * 1024;
+
+    fn take() -> Self {
+        Self(HEAD.take())
+    }
+}
+
+impl Drop for HeadBuf {
+    fn drop(&mut self) {
+        if self.0.capacity() <= Self::KEEP {
+            HEAD.set(std::mem::take(&mut self.0));
+        }
+    }
+}
+
+/// Where the upstream is and how to reach it.
 pub struct Pool {
-    connector: HttpsConnector<HttpConnector>,
-    /// `scheme://authority/` of the upstream, what the connector dials.
-    target: http::Uri,
+    host: Host<String>,
+    port: u16,
+    /// For an `https` upstream: the TLS set-up and the name to check.
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     /// Tells this upstream's connections apart on a thread.
     id: u64,
 }
@@ -140,121 +172,100 @@ pub struct Pool {
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Pool {
-    pub fn new(connector: HttpsConnector<HttpConnector>, target: http::Uri) -> Self {
-        Self {
-            connector,
-            target,
+    /// `tls` is used when `upstream` is `https`.
+    pub fn new(upstream: &Url, tls: rustls::ClientConfig) -> Result<Self, ProxyError> {
+        let host = upstream.host().ok_or(ProxyError::Uri)?.to_owned();
+        let port = upstream.port_or_known_default().ok_or(ProxyError::Uri)?;
+        let tls = match upstream.scheme() {
+            "https" => {
+                let name = match &host {
+                    Host::Domain(d) => ServerName::try_from(d.clone()),
+                    Host::Ipv4(ip) => Ok(ServerName::from(std::net::IpAddr::V4(*ip))),
+                    Host::Ipv6(ip) => Ok(ServerName::from(std::net::IpAddr::V6(*ip))),
+                }
+                .map_err(|_| ProxyError::Uri)?;
+                let mut tls = tls;
+                tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some((tokio_rustls::TlsConnector::from(Arc::new(tls)), name))
+            }
+            "http" => None,
+            _ => return Err(ProxyError::Uri),
+        };
+        Ok(Self {
+            host,
+            port,
+            tls,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        }
+        })
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) on a connection of
-    /// `affinity`, of this thread, or a new one. `sequential`: the client
-    /// connection sends one request at a time (HTTP/1), so it may wait a
-    /// moment for its own upstream connection; HTTP/2 streams never wait
-    /// for one another. `upgrade`: the connection is the WebSocket's
-    /// afterwards and is not handed back.
+    /// Sends `req` (origin-form URI, `Host` and the other headers as the
+    /// upstream is to see them) and reads the answer's head. `upgrade`: the
+    /// request asks to switch protocols, so a `101` is expected.
     pub async fn send(
         &self,
-        affinity: &Affinity,
-        mut req: Request<Body>,
-        sequential: bool,
+        req: Request<Body>,
         upgrade: bool,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Answer>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut head = HeadBuf::take();
+        let framing = h1::encode_head(
+            &parts.method,
+            target,
+            &mut parts.headers,
+            &body,
+            &mut head.0,
+        );
+        let repeatable = framing == h1::Outgoing::Empty
+            && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let head_request = parts.method == Method::HEAD;
+        let mut body = Some(body);
         loop {
-            let (mut conn, reused) = self.take(affinity, sequential).await?;
-            match conn.sender.try_send_request(req).await {
-                Ok(resp) => {
-                    if !upgrade {
-                        self.give_back(affinity, conn, sequential);
-                    }
-                    return Ok(resp);
+            let (mut conn, reused) = match take_idle(self.id) {
+                Some(conn) => (conn, true),
+                None => (self.connect().await?, false),
+            };
+            let again = reused && repeatable;
+            let body = match body.take() {
+                Some(body) => body,
+                None => respond::empty(), // only when repeating a request without one
+            };
+            let sent = match h1::send(&mut conn, &head.0, body, framing).await {
+                Ok(sent) => sent,
+                Err(SendError::Body(e)) => return Err(ProxyError::ClientBody(e)),
+                // Nothing of an answer came: the connection was closed.
+                Err(SendError::Upstream(h1::H1Error::Closed | h1::H1Error::Io(_))) if again => {
+                    continue;
                 }
-                Err(mut e) => match e.take_message() {
-                    // The upstream closed it just before the request went out.
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(ProxyError::Upstream(e.into_error())),
-                },
+                Err(SendError::Upstream(e)) => return Err(ProxyError::Upstream(e)),
+            };
+            match h1::read_head(conn, head_request, upgrade, sent).await {
+                Ok(resp) => return Ok(resp),
+                Err((_, false)) if again => continue,
+                Err((e, _)) => return Err(ProxyError::Upstream(e)),
             }
         }
-    }
-
-    /// A connection for one request, and whether it was taken from a list
-    /// (the upstream may have closed it meanwhile) rather than opened now.
-    async fn take(
-        &self,
-        affinity: &Affinity,
-        sequential: bool,
-    ) -> Result<(Conn, bool), ProxyError> {
-        if sequential && let Some(conn) = self.own(affinity).await {
-            return Ok((conn, true));
-        }
-        if let Some(conn) = take_from_thread(self.id) {
-            return Ok((conn, true));
-        }
-        Ok((self.connect().await?, false))
-    }
-
-    /// The client connection's own upstream connection, once it is free.
-    async fn own(&self, affinity: &Affinity) -> Option<Conn> {
-        let (id, mut conn) = affinity.slot.try_lock().ok()?.take()?;
-        if id != self.id {
-            give_to_thread(id, conn);
-            return None;
-        }
-        if conn.sender.is_ready() {
-            return Some(conn);
-        }
-        if conn.sender.is_closed() {
-            return None;
-        }
-        // Still reading the end of the last answer: usually a moment.
-        match tokio::time::timeout(FREE_WAIT, conn.sender.ready()).await {
-            Ok(Ok(())) => Some(conn),
-            Ok(Err(_)) => None,
-            Err(_) => {
-                give_to_thread(id, conn);
-                None
-            }
-        }
-    }
-
-    fn give_back(&self, affinity: &Affinity, mut conn: Conn, sequential: bool) {
-        conn.since = Instant::now();
-        if sequential && let Ok(mut slot) = affinity.slot.try_lock() {
-            if let Some((id, displaced)) = slot.replace((self.id, conn)) {
-                give_to_thread(id, displaced);
-            }
-            return;
-        }
-        give_to_thread(self.id, conn);
     }
 
     async fn connect(&self) -> Result<Conn, ProxyError> {
-        let mut connector = self.connector.clone();
-        std::future::poll_fn(|cx| connector.poll_ready(cx))
+        let connecting = async {
+            let tcp = match &self.host {
+                Host::Domain(d) => TcpStream::connect((d.as_str(), self.port)).await,
+                Host::Ipv4(ip) => TcpStream::connect(SocketAddr::from((*ip, self.port))).await,
+                Host::Ipv6(ip) => TcpStream::connect(SocketAddr::from((*ip, self.port))).await,
+            }?;
+            tcp.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(match &self.tls {
+                None => Stream::Plain(tcp),
+                Some((tls, name)) => Stream::Tls(Box::new(tls.connect(name.clone(), tcp).await?)),
+            })
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
-            .map_err(ProxyError::Connect)?;
-        let io = connector
-            .call(self.target.clone())
-            .await
-            .map_err(ProxyError::Connect)?;
-        let (sender, conn) = http1::Builder::new()
-            .max_buf_size(MAX_BUF)
-            .handshake(io)
-            .await
-            .map_err(ProxyError::Upstream)?;
-        // On this thread (a current-thread runtime per serving thread), with
-        // the requests that use it.
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(Conn {
-            sender,
-            since: Instant::now(),
-        })
+            .map_err(|_| ProxyError::Connect("timed out".into()))?
+            .map_err(|e| ProxyError::Connect(e.into()))?;
+        Ok(Conn::new(stream, self.id))
     }
 
     /// Idle connections this thread holds for this upstream.

@@ -13,6 +13,7 @@ use metrics::Gauge;
 
 use super::cutoff::Guard;
 use super::lazy_buf::{LazyReader, LazyWriter};
+use super::stream::Switched;
 
 use crate::respond::contains_ignore_case;
 
@@ -48,10 +49,10 @@ pub fn origin_allowed(headers: &HeaderMap, own: &str, extra: &[String]) -> bool 
 /// guard (the session's lease), the connection ends when it fires: the
 /// client gets a WebSocket close frame with code 1008 (policy violation) at
 /// the next frame boundary, and the upstream side is dropped.
-pub fn splice(client: OnUpgrade, upstream: OnUpgrade, guard: Option<Guard>, open: Gauge) {
+pub fn splice(client: OnUpgrade, upstream: Switched, guard: Option<Guard>, open: Gauge) {
     tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
+        let client = match client.await {
+            Ok(client) => client,
             Err(e) => {
                 tracing::debug!(error = %e, "websocket upgrade did not complete");
                 return;
@@ -60,7 +61,6 @@ pub fn splice(client: OnUpgrade, upstream: OnUpgrade, guard: Option<Guard>, open
         open.increment(1.0);
         let _open = OpenGuard(open);
         let client = TokioIo::new(client);
-        let upstream = TokioIo::new(upstream);
         match guard {
             None => {
                 let (client_rx, mut client_tx) = tokio::io::split(client);

@@ -1,11 +1,10 @@
 //! Request ids: an incoming `X-Request-Id` is kept when it is a sane token
 //! (visible ASCII, at most [`MAX_LEN`] bytes), otherwise one is made: a
-//! random per-process prefix and a counter, unique without a syscall or a
-//! lock per request. The id goes into the request's log span, to the
+//! random per-thread prefix and the thread's counter, unique without a
+//! syscall, a lock or an atomic the serving threads share. The id goes into the request's log span, to the
 //! upstream and back to the client.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -13,8 +12,10 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Longest incoming id kept.
 pub const MAX_LEN: usize = 128;
 
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-static PREFIX: OnceLock<u64> = OnceLock::new();
+thread_local! {
+    /// This thread's prefix (random, drawn on first use) and next number.
+    static NEXT: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
+}
 
 /// The request's id: the client's, if usable, or a new one.
 pub fn of(headers: &HeaderMap) -> HeaderValue {
@@ -29,8 +30,11 @@ fn is_usable(id: &[u8]) -> bool {
 }
 
 fn generate() -> HeaderValue {
-    let prefix = *PREFIX.get_or_init(rand::random::<u64>);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let (prefix, n) = NEXT.with(|next| {
+        let (prefix, n) = next.get().unwrap_or_else(|| (rand::random::<u64>(), 0));
+        next.set(Some((prefix, n.wrapping_add(1))));
+        (prefix, n)
+    });
     let mut buf = [0u8; 32];
     hex(prefix, &mut buf[..16]);
     hex(n, &mut buf[16..]);
@@ -62,6 +66,12 @@ mod tests {
         }
         let (a, b) = (of(&HeaderMap::new()), of(&HeaderMap::new()));
         assert_ne!(a, b, "generated ids are unique");
+        let other = std::thread::spawn(|| of(&HeaderMap::new())).join().unwrap();
+        assert_ne!(
+            a.as_bytes()[..16],
+            other.as_bytes()[..16],
+            "each thread has its own prefix"
+        );
         assert!(a.to_str().unwrap().bytes().all(|c| c.is_ascii_hexdigit()));
     }
 }

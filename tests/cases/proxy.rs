@@ -224,7 +224,12 @@ async fn a_large_download_arrives_complete() {
     assert_eq!(offset, SIZE);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// A current-thread runtime, as the binary runs: the gate then starts its
+// other serving threads with runtimes of their own, and a client connection
+// stays on one thread with that thread's idle upstream connections. (On a
+// work-stealing runtime a connection's requests move between threads, and
+// each thread keeps idle connections of its own.)
+#[tokio::test(flavor = "current_thread")]
 async fn upstream_connections_are_kept_alive_and_replaced_when_the_upstream_drops_them() {
     let w = World::start().await;
     let b = w.signed_in("alice").await;

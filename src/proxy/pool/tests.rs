@@ -18,10 +18,13 @@ enum After {
     SayClose,
     /// Closes it without a word, as an upstream's idle timeout does.
     Vanish,
+    /// Answers the first request; reads the second and closes without an
+    /// answer, as an idle timeout racing a request does.
+    DropSecond,
 }
 
 /// A raw HTTP/1.1 upstream on loopback that counts its connections.
-async fn upstream(after: After) -> (http::Uri, Arc<AtomicUsize>) {
+async fn upstream(after: After) -> (Url, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -32,7 +35,7 @@ async fn upstream(after: After) -> (http::Uri, Arc<AtomicUsize>) {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
-                loop {
+                for served in 0.. {
                     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
                         match tcp.read(&mut chunk).await {
                             Ok(0) | Err(_) => return,
@@ -40,12 +43,12 @@ async fn upstream(after: After) -> (http::Uri, Arc<AtomicUsize>) {
                         }
                     }
                     let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                    // `/slow` (`/brief`): the body's second byte comes 100 ms
-                    // (20 ms) after the first.
+                    if matches!(after, After::DropSecond) && served == 1 {
+                        return;
+                    }
+                    // `/slow`: the body's second byte comes 100 ms after the first.
                     let pause = if buf.starts_with(b"GET /slow ") {
                         100
-                    } else if buf.starts_with(b"GET /brief ") {
-                        20
                     } else {
                         0
                     };
@@ -63,7 +66,7 @@ async fn upstream(after: After) -> (http::Uri, Arc<AtomicUsize>) {
                     if tcp.write_all(b"k").await.is_err() {
                         return;
                     }
-                    if !matches!(after, After::KeepAlive) {
+                    if matches!(after, After::SayClose | After::Vanish) {
                         return;
                     }
                 }
@@ -73,37 +76,45 @@ async fn upstream(after: After) -> (http::Uri, Arc<AtomicUsize>) {
     (format!("http://{addr}/").parse().unwrap(), accepted)
 }
 
-fn pool(target: http::Uri) -> Pool {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Pool::new(connector, target)
+fn pool(target: &Url) -> Pool {
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    Pool::new(target, tls).unwrap()
 }
 
-/// One GET through `pool`; the answer's body, read to its end.
-async fn get(pool: &Pool, affinity: &Affinity) -> Result<String, ProxyError> {
-    let req = Request::builder()
-        .uri("/x")
+fn request(method: Method, path: &str) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(path)
         .header(header::HOST, "upstream.test")
         .body(respond::empty())
-        .unwrap();
-    let resp = pool.send(affinity, req, true, false).await?;
+        .unwrap()
+}
+
+/// One request through `pool`; the answer's body, read to its end.
+async fn call(pool: &Pool, method: Method) -> Result<String, ProxyError> {
+    let resp = pool.send(request(method, "/x"), false).await?;
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     Ok(String::from_utf8(body.to_vec()).unwrap())
 }
 
 #[tokio::test]
-async fn a_client_connections_requests_share_one_upstream_connection() {
+async fn sequential_requests_share_one_upstream_connection() {
     let (target, accepted) = upstream(After::KeepAlive).await;
-    let pool = pool(target);
-    let affinity = Affinity::default();
+    let pool = pool(&target);
     for _ in 0..20 {
-        assert_eq!(get(&pool, &affinity).await.unwrap(), "ok");
+        assert_eq!(call(&pool, Method::GET).await.unwrap(), "ok");
+        assert_eq!(
+            pool.idle_here(),
+            1,
+            "back in the list once the body is read"
+        );
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
@@ -112,10 +123,9 @@ async fn a_client_connections_requests_share_one_upstream_connection() {
 async fn a_connection_the_upstream_closes_is_replaced_without_an_error() {
     for after in [After::SayClose, After::Vanish] {
         let (target, accepted) = upstream(after).await;
-        let pool = pool(target);
-        let affinity = Affinity::default();
+        let pool = pool(&target);
         for i in 0..30 {
-            let got = get(&pool, &affinity).await;
+            let got = call(&pool, Method::GET).await;
             assert_eq!(got.unwrap(), "ok", "request {i}");
             if i % 3 == 0 {
                 // Give the close time to arrive, too: both orders must work.
@@ -131,46 +141,86 @@ async fn a_connection_the_upstream_closes_is_replaced_without_an_error() {
 }
 
 #[tokio::test]
-async fn a_closed_client_connection_hands_its_upstream_connection_to_the_next() {
-    let (target, accepted) = upstream(After::KeepAlive).await;
-    let pool = pool(target);
-    for _ in 0..10 {
-        let affinity = Affinity::default();
-        get(&pool, &affinity).await.unwrap();
-        drop(affinity);
-        assert_eq!(pool.idle_here(), 1);
-    }
-    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+async fn a_close_racing_a_request_repeats_only_what_is_safe_to_repeat() {
+    let (target, accepted) = upstream(After::DropSecond).await;
+    let pool = pool(&target);
+    call(&pool, Method::GET).await.unwrap();
+    // The second GET on that connection gets no answer: sent again, on a new one.
+    assert_eq!(call(&pool, Method::GET).await.unwrap(), "ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    // A POST may have been acted on: not repeated, a failure.
+    let err = call(&pool, Method::POST).await.unwrap_err();
+    assert!(
+        matches!(err, ProxyError::Upstream(h1::H1Error::Closed)),
+        "{err}"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "no new connection for it"
+    );
 }
 
 #[tokio::test]
 async fn a_thread_keeps_a_bounded_number_of_idle_connections() {
     let (target, accepted) = upstream(After::KeepAlive).await;
-    let pool = pool(target);
+    let pool = pool(&target);
     let many = MAX_IDLE_PER_THREAD + 8;
-    // Clients that are busy at once each need their own connection...
-    let clients: Vec<Affinity> = (0..many).map(|_| Affinity::default()).collect();
+    // Requests in flight at once each need their own connection...
     let mut pending = Vec::new();
-    for a in &clients {
-        let req = Request::builder()
-            .uri("/x")
-            .header(header::HOST, "upstream.test")
-            .body(respond::empty())
-            .unwrap();
+    for _ in 0..many {
         // Hold every answer unread so no connection is free for the next.
-        pending.push(pool.send(a, req, true, false).await.unwrap());
+        let resp = pool
+            .send(request(Method::GET, "/slow"), false)
+            .await
+            .unwrap();
+        pending.push(resp);
     }
     assert_eq!(accepted.load(Ordering::SeqCst), many);
+    assert_eq!(pool.idle_here(), 0);
     for resp in pending {
         resp.into_body().collect().await.unwrap();
     }
-    // ...and when they go, the thread keeps only so many.
-    drop(clients);
+    // ...and when they end, the thread keeps only so many.
     assert_eq!(pool.idle_here(), MAX_IDLE_PER_THREAD);
     // Those it kept still serve.
-    let affinity = Affinity::default();
-    get(&pool, &affinity).await.unwrap();
+    call(&pool, Method::GET).await.unwrap();
     assert_eq!(accepted.load(Ordering::SeqCst), many);
+}
+
+#[tokio::test]
+async fn an_answer_dropped_before_its_end_closes_its_connection() {
+    let (target, accepted) = upstream(After::KeepAlive).await;
+    let pool = pool(&target);
+    let resp = pool
+        .send(request(Method::GET, "/slow"), false)
+        .await
+        .unwrap();
+    drop(resp);
+    assert_eq!(pool.idle_here(), 0);
+    call(&pool, Method::GET).await.unwrap();
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn idle_connections_past_their_age_are_closed_not_used() {
+    let (target, accepted) = upstream(After::KeepAlive).await;
+    let pool = pool(&target);
+    call(&pool, Method::GET).await.unwrap();
+    call(&pool, Method::GET).await.unwrap();
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // Taken when stale: closed, and a new connection is opened instead.
+    let later = Instant::now() + MAX_IDLE_AGE;
+    assert!(take_idle_at(pool.id, later).is_none());
+    assert_eq!(pool.idle_here(), 0);
+    call(&pool, Method::GET).await.unwrap();
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    // Swept when stale, with no request to notice.
+    assert_eq!(pool.idle_here(), 1);
+    sweep(Instant::now() + MAX_IDLE_AGE / 2);
+    assert_eq!(pool.idle_here(), 1, "not stale yet");
+    sweep(later + Duration::from_secs(1));
+    assert_eq!(pool.idle_here(), 0);
 }
 
 #[tokio::test]
@@ -178,53 +228,7 @@ async fn nothing_listening_is_a_connect_error() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let pool = pool(format!("http://{addr}/").parse().unwrap());
-    let err = get(&pool, &Affinity::default()).await.unwrap_err();
+    let pool = pool(&format!("http://{addr}/").parse().unwrap());
+    let err = call(&pool, Method::GET).await.unwrap_err();
     assert!(matches!(err, ProxyError::Connect(_)), "{err}");
-}
-
-#[tokio::test]
-async fn concurrent_streams_never_wait_for_a_busy_connection() {
-    let (target, accepted) = upstream(After::KeepAlive).await;
-    let pool = pool(target);
-    let affinity = Affinity::default();
-    let req = |path: &str| {
-        Request::builder()
-            .uri(path)
-            .header(header::HOST, "upstream.test")
-            .body(respond::empty())
-            .unwrap()
-    };
-    // A stream whose answer is still being read holds its connection...
-    let first = pool
-        .send(&affinity, req("/slow"), false, false)
-        .await
-        .unwrap();
-    // ...so a second stream of the same client gets another at once.
-    let started = Instant::now();
-    let second = pool.send(&affinity, req("/x"), false, false).await.unwrap();
-    assert!(
-        started.elapsed() < FREE_WAIT / 2,
-        "waited {:?} for a busy connection",
-        started.elapsed()
-    );
-    assert_eq!(accepted.load(Ordering::SeqCst), 2);
-    for resp in [first, second] {
-        resp.into_body().collect().await.unwrap();
-    }
-    // A sequential client waits a moment for its own connection instead
-    // (a pool of its own, so no other connection is idle): the answer's
-    // end comes 20 ms later.
-    let (target, accepted) = upstream(After::KeepAlive).await;
-    let pool = self::pool(target);
-    let busy = pool
-        .send(&affinity, req("/brief"), true, false)
-        .await
-        .unwrap();
-    let reader = tokio::spawn(async move {
-        busy.into_body().collect().await.unwrap();
-    });
-    get(&pool, &affinity).await.unwrap();
-    reader.await.unwrap();
-    assert_eq!(accepted.load(Ordering::SeqCst), 1, "no second connection");
 }

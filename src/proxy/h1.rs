@@ -1,0 +1,751 @@
+//! HTTP/1.1 to the upstream, run in the task of the request itself.
+//!
+//! The request's head goes out in one write (with its first body bytes when
+//! they are already there); the answer's head is read with `httparse` into
+//! a buffer the header values then share; the answer's body is read by the
+//! [`Answer`] as hyper asks the client side for it. So a forwarded request
+//! costs no task switch, no channel and no copy of the answer between the
+//! upstream connection and the client, and the upstream connection is free
+//! again (see [`super::pool`]) the moment the last body byte is read.
+//!
+//! Strict where the upstream could desynchronise the connection: an answer
+//! with both `Content-Length` and `Transfer-Encoding`, conflicting or bad
+//! `Content-Length`s, a head over [`MAX_HEAD`], more than [`MAX_HEADERS`]
+//! headers, a bad chunk or a `101` nobody asked for are errors (502), and a
+//! connection is kept only when its answer ended exactly where its framing
+//! said. Interim answers (`1xx` other than `101`) are skipped. Trailers of a
+//! chunked answer are read and dropped (the client's `TE` never reaches the
+//! upstream, so nobody asked for them). The client's `Expect` is not passed
+//! on: hyper has already answered `100 Continue` to the client when its
+//! body is first read.
+
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+use std::time::Instant;
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::io::AsyncWrite;
+
+use super::stream::{Stream, Switched};
+use crate::respond::{Body, BoxError};
+
+/// Largest answer head.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Most headers an answer may have.
+pub const MAX_HEADERS: usize = 100;
+/// Longest chunk-size line (with extensions).
+const MAX_CHUNK_LINE: usize = 4096;
+/// What one read asks the kernel for, at least...
+const READ_SIZE: usize = 16 * 1024;
+/// ...and at most.
+const MAX_READ_SIZE: usize = 64 * 1024;
+
+/// Why an exchange with the upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    /// The connection ended before any byte of an answer.
+    #[error("the upstream closed the connection before answering")]
+    Closed,
+    #[error("upstream connection failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("the upstream's answer is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("the upstream's answer head is over {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("the upstream's answer ended early")]
+    Truncated,
+}
+
+/// One upstream connection and what was read from it but not yet used.
+pub struct Conn {
+    stream: Stream,
+    buf: BytesMut,
+    /// When it last became idle (or was opened).
+    pub since: Instant,
+    /// Which upstream it goes to (see [`super::pool`]).
+    pub upstream: u64,
+    /// What the next read asks for.
+    read_size: usize,
+    /// The last answer head's headers, as positions (kept for its capacity).
+    headers: Vec<(HeaderName, usize, usize)>,
+}
+
+impl Conn {
+    pub fn new(stream: Stream, upstream: u64) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::new(),
+            since: Instant::now(),
+            upstream,
+            read_size: READ_SIZE,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Whether the upstream has closed this idle connection, or sent on it
+    /// unasked: checked without waiting (tokio already knows whether the
+    /// socket is readable, so this is usually no system call).
+    pub fn is_dead(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        !self.buf.is_empty() || matches!(self.poll_fill(&mut cx), Poll::Ready(_))
+    }
+
+    /// Reads more into `buf`; `Ok(0)` at the end of the stream. Reads ask
+    /// for [`READ_SIZE`] at first and grow to [`MAX_READ_SIZE`] while they
+    /// come back full (a large answer), shrinking again when they do not.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
+            self.buf.reserve(self.read_size);
+        }
+        let room = self.buf.capacity() - self.buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.stream),
+            cx,
+            &mut self.buf
+        ))?;
+        if n == room {
+            self.read_size = (self.read_size * 2).min(MAX_READ_SIZE);
+        } else if n < self.read_size / 4 {
+            self.read_size = (self.read_size / 2).max(READ_SIZE);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Writes `head` then `out` (one vectored write when the socket takes
+    /// it whole), and flushes.
+    fn poll_write_out(
+        &mut self,
+        cx: &mut Context<'_>,
+        head: &mut &[u8],
+        out: &mut [Bytes; 3],
+    ) -> Poll<io::Result<()>> {
+        while !head.is_empty() || out.iter().any(|b| !b.is_empty()) {
+            let slices = [
+                IoSlice::new(head),
+                IoSlice::new(&out[0]),
+                IoSlice::new(&out[1]),
+                IoSlice::new(&out[2]),
+            ];
+            let mut n = ready!(Pin::new(&mut self.stream).poll_write_vectored(cx, &slices))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let k = n.min(head.len());
+            *head = &head[k..];
+            n -= k;
+            for b in out.iter_mut() {
+                let k = n.min(b.len());
+                b.advance(k);
+                n -= k;
+            }
+        }
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+}
+
+/// How the request's body is framed on the way up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outgoing {
+    /// No body.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    Chunked,
+}
+
+/// The request's head as bytes (into `head`), and how its body goes. The headers are
+/// those for the upstream (hop-by-hop ones already removed); the framing is
+/// set here from the client's `Content-Length` and the body.
+pub fn encode_head(
+    method: &Method,
+    target: &str,
+    headers: &mut HeaderMap,
+    body: &Body,
+    head: &mut Vec<u8>,
+) -> Outgoing {
+    headers.remove(EXPECT);
+    let length = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let framing = match (body.is_end_stream(), length) {
+        (true, None) => Outgoing::Empty,
+        (_, Some(0)) => Outgoing::Empty,
+        (_, Some(n)) => Outgoing::Length(n),
+        (false, None) => {
+            headers.remove(CONTENT_LENGTH);
+            Outgoing::Chunked
+        }
+    };
+    head.clear();
+    head.extend_from_slice(method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers.iter() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if framing == Outgoing::Chunked {
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// How far the request got.
+#[derive(Debug)]
+pub enum Sent {
+    /// All of it.
+    Whole,
+    /// The upstream's final answer head arrived before the request body
+    /// was all sent; the rest of the body was not sent.
+    Early,
+}
+
+/// Why a request could not be sent.
+#[derive(Debug)]
+pub enum SendError {
+    /// The client's body failed (it went away, or went quiet).
+    Body(BoxError),
+    Upstream(H1Error),
+}
+
+/// Sends the request: its head, then its body as `framing` says. While the
+/// body waits for the client or for the socket, the connection is watched
+/// for an early final answer (an upstream refusing an upload), which stops
+/// the sending.
+pub async fn send(
+    conn: &mut Conn,
+    head: &[u8],
+    mut body: Body,
+    framing: Outgoing,
+) -> Result<Sent, SendError> {
+    // The head, until it is queued with what follows it in `writing`.
+    let mut head = Some(head);
+    let mut writing: &[u8] = &[];
+    let mut out: [Bytes; 3] = Default::default();
+    let mut left = match framing {
+        Outgoing::Length(n) => n,
+        _ => 0,
+    };
+    let mut ended = framing == Outgoing::Empty;
+    if ended {
+        writing = head.take().unwrap_or_default();
+    }
+    std::future::poll_fn(move |cx| {
+        loop {
+            if !writing.is_empty() || out.iter().any(|b| !b.is_empty()) || ended {
+                match conn.poll_write_out(cx, &mut writing, &mut out) {
+                    Poll::Ready(Ok(())) if ended => return Poll::Ready(Ok(Sent::Whole)),
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SendError::Upstream(e.into()))),
+                    Poll::Pending => return early_answer(conn, cx),
+                }
+            }
+            let frame = match Pin::new(&mut body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(SendError::Body(e))),
+                Poll::Ready(None) => {
+                    if left != 0 {
+                        return Poll::Ready(Err(SendError::Body(
+                            "the request body is shorter than its Content-Length".into(),
+                        )));
+                    }
+                    ended = true;
+                    let last = if framing == Outgoing::Chunked {
+                        Bytes::from_static(b"0\r\n\r\n")
+                    } else {
+                        Bytes::new()
+                    };
+                    writing = head.take().unwrap_or_default();
+                    out = [last, Bytes::new(), Bytes::new()];
+                    continue;
+                }
+                Poll::Pending => {
+                    // Send the head while the body is on its way.
+                    if let Some(h) = head.take() {
+                        writing = h;
+                        continue;
+                    }
+                    return early_answer(conn, cx);
+                }
+            };
+            let Ok(data) = frame.into_data() else {
+                continue; // request trailers are not passed on
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if let Some(h) = head.take() {
+                writing = h;
+            }
+            out = if framing == Outgoing::Chunked {
+                let size = Bytes::from(format!("{:x}\r\n", data.len()));
+                [size, data, Bytes::from_static(b"\r\n")]
+            } else {
+                let n = data.len() as u64;
+                if n > left {
+                    return Poll::Ready(Err(SendError::Body(
+                        "the request body is longer than its Content-Length".into(),
+                    )));
+                }
+                left -= n;
+                // All of it: what the body still says (its end, trailers)
+                // is not waited for.
+                ended = left == 0;
+                [data, Bytes::new(), Bytes::new()]
+            };
+        }
+    })
+    .await
+}
+
+/// While sending waits: whether the upstream has already answered. Interim
+/// answers are dropped; a complete final head ends the sending.
+fn early_answer(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<Sent, SendError>> {
+    loop {
+        match conn.poll_fill(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(0)) => {
+                let e = if conn.buf.is_empty() {
+                    H1Error::Closed
+                } else {
+                    H1Error::Truncated
+                };
+                return Poll::Ready(Err(SendError::Upstream(e)));
+            }
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(SendError::Upstream(e.into()))),
+        }
+        loop {
+            match parse(&conn.buf, None) {
+                Ok(Some(p)) if p.interim() => conn.buf.advance(p.len),
+                Ok(Some(_)) => return Poll::Ready(Ok(Sent::Early)),
+                Ok(None) => break,
+                Err(e) => return Poll::Ready(Err(SendError::Upstream(e))),
+            }
+        }
+    }
+}
+
+/// An answer head as parsed (its headers are in [`Conn::headers`]).
+struct Parsed {
+    len: usize,
+    status: u16,
+    version: Version,
+}
+
+impl Parsed {
+    fn interim(&self) -> bool {
+        (100..200).contains(&self.status) && self.status != 101
+    }
+}
+
+/// Parses an answer head at the start of `buf`; `None` while incomplete.
+/// With `headers`, each header goes there as (name, value start, value
+/// end), positions into `buf`.
+fn parse(
+    buf: &[u8],
+    headers: Option<&mut Vec<(HeaderName, usize, usize)>>,
+) -> Result<Option<Parsed>, H1Error> {
+    let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut raw);
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Err(H1Error::HeadTooLarge);
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(H1Error::Malformed("too many headers")),
+        Err(_) => return Err(H1Error::Malformed("not an HTTP/1 answer head")),
+    };
+    if len > MAX_HEAD {
+        return Err(H1Error::HeadTooLarge);
+    }
+    let status = resp.code.unwrap_or(0);
+    let version = match resp.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    if let Some(out) = headers {
+        out.clear();
+        let base = buf.as_ptr() as usize;
+        for h in resp.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| H1Error::Malformed("bad header name"))?;
+            let start = h.value.as_ptr() as usize - base;
+            out.push((name, start, start + h.value.len()));
+        }
+    }
+    Ok(Some(Parsed {
+        len,
+        status,
+        version,
+    }))
+}
+
+/// Reads the answer's head: the final one, interim answers skipped.
+/// `head_request`: the request was `HEAD` (the answer has no body whatever
+/// it says); `upgrade`: it asked to switch protocols.
+pub async fn read_head(
+    mut conn: Conn,
+    head_request: bool,
+    upgrade: bool,
+    sent: Sent,
+) -> Result<http::Response<Answer>, (H1Error, bool)> {
+    let mut got_any = !conn.buf.is_empty();
+    let parsed = loop {
+        if !conn.buf.is_empty() {
+            match parse(&conn.buf, Some(&mut conn.headers)) {
+                Ok(Some(p)) if p.interim() => {
+                    conn.buf.advance(p.len);
+                    continue;
+                }
+                Ok(Some(p)) => break p,
+                Ok(None) => {}
+                Err(e) => return Err((e, got_any)),
+            }
+        }
+        match std::future::poll_fn(|cx| conn.poll_fill(cx)).await {
+            Ok(0) if got_any => return Err((H1Error::Truncated, true)),
+            Ok(0) => return Err((H1Error::Closed, false)),
+            Ok(_) => got_any = true,
+            Err(e) => return Err((e.into(), got_any)),
+        }
+    };
+    build(conn, parsed, head_request, upgrade, sent).map_err(|e| (e, true))
+}
+
+fn build(
+    mut conn: Conn,
+    parsed: Parsed,
+    head_request: bool,
+    upgrade: bool,
+    sent: Sent,
+) -> Result<http::Response<Answer>, H1Error> {
+    let status =
+        StatusCode::from_u16(parsed.status).map_err(|_| H1Error::Malformed("bad status code"))?;
+    let head = conn.buf.split_to(parsed.len).freeze();
+    // Room for what the gate adds (`X-Request-Id`, a `Set-Cookie`).
+    let mut headers = HeaderMap::with_capacity(conn.headers.len() + 2);
+    for (name, start, end) in conn.headers.drain(..) {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| H1Error::Malformed("bad header value"))?;
+        headers.append(name, value);
+    }
+    if parsed.version == Version::HTTP_10 && headers.contains_key(TRANSFER_ENCODING) {
+        // RFC 9112 §6.1: faulty framing.
+        return Err(H1Error::Malformed(
+            "Transfer-Encoding in an HTTP/1.0 answer",
+        ));
+    }
+    let framing = framing(&headers, status, head_request, upgrade)?;
+    let keep = matches!(sent, Sent::Whole)
+        && parsed.version == Version::HTTP_11
+        && !has_token(&headers, CONNECTION, "close")
+        && !matches!(framing, Framing::Close | Framing::Switch);
+    let mut resp = http::Response::new(Answer {
+        conn: Some(conn),
+        framing,
+        keep,
+    });
+    *resp.status_mut() = status;
+    *resp.version_mut() = parsed.version;
+    *resp.headers_mut() = headers;
+    resp.body_mut().end_if_done();
+    Ok(resp)
+}
+
+/// Whether a comma-separated header has `token` (any case).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// How the answer's body is delimited (RFC 9112 §6.3).
+fn framing(
+    headers: &HeaderMap,
+    status: StatusCode,
+    head_request: bool,
+    upgrade: bool,
+) -> Result<Framing, H1Error> {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return if upgrade {
+            Ok(Framing::Switch)
+        } else {
+            Err(H1Error::Malformed("101 without an upgrade request"))
+        };
+    }
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Length(0));
+    }
+    let te = headers.contains_key(TRANSFER_ENCODING);
+    if te && headers.contains_key(CONTENT_LENGTH) {
+        return Err(H1Error::Malformed(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if te {
+        let last = headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|t| !t.is_empty());
+        return Ok(match last {
+            Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
+            _ => Framing::Close,
+        });
+    }
+    let mut length = None;
+    for v in headers.get_all(CONTENT_LENGTH) {
+        for part in v.to_str().map_err(|_| bad_length())?.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad_length());
+            }
+            let n: u64 = part.parse().map_err(|_| bad_length())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(H1Error::Malformed("conflicting Content-Length"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map_or(Framing::Close, Framing::Length))
+}
+
+fn bad_length() -> H1Error {
+    H1Error::Malformed("bad Content-Length")
+}
+
+/// Where reading an answer's body is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the upstream closes.
+    Close,
+    /// A `101`: no body, the stream is the WebSocket's.
+    Switch,
+    /// The body has ended.
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// This many bytes of chunk data left.
+    Data(u64),
+    /// Expecting the CRLF after chunk data.
+    DataEnd,
+    /// Reading trailer lines (this many bytes of them so far).
+    Trailers(usize),
+}
+
+/// An answer's body, read from the upstream connection as it is asked for.
+/// At its end the connection goes back to this thread's idle list (when
+/// its framing allows); dropped early, the connection is closed.
+pub struct Answer {
+    conn: Option<Conn>,
+    framing: Framing,
+    /// The connection may serve another request once this body has ended.
+    keep: bool,
+}
+
+impl Answer {
+    /// For a `101`: the stream, with what the upstream sent after the head.
+    pub fn into_switched(mut self) -> Option<Switched> {
+        if self.framing != Framing::Switch {
+            return None;
+        }
+        let conn = self.conn.take()?;
+        Some(Switched::new(conn.buf.freeze(), conn.stream))
+    }
+
+    fn end_if_done(&mut self) {
+        if self.framing == Framing::Length(0) {
+            self.end();
+        }
+    }
+
+    fn end(&mut self) {
+        self.framing = Framing::Done;
+        if let Some(conn) = self.conn.take()
+            && self.keep
+            && conn.buf.is_empty()
+        {
+            super::pool::give_back(conn);
+        }
+    }
+
+    /// The next piece of the body, or `None` at its end.
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, H1Error>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(Ok(None));
+            };
+            let buf = &mut conn.buf;
+            match self.framing {
+                Framing::Done | Framing::Switch => return Poll::Ready(Ok(None)),
+                Framing::Length(0) => {
+                    self.end();
+                    return Poll::Ready(Ok(None));
+                }
+                Framing::Length(left) if !buf.is_empty() => {
+                    let n = left.min(buf.len() as u64);
+                    let data = buf.split_to(n as usize).freeze();
+                    self.framing = Framing::Length(left - n);
+                    self.end_if_done();
+                    return Poll::Ready(Ok(Some(data)));
+                }
+                Framing::Close if !buf.is_empty() => {
+                    return Poll::Ready(Ok(Some(buf.split().freeze())));
+                }
+                Framing::Chunked(Chunk::Data(left)) if !buf.is_empty() => {
+                    let n = left.min(buf.len() as u64);
+                    let data = buf.split_to(n as usize).freeze();
+                    self.framing = Framing::Chunked(if left == n {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left - n)
+                    });
+                    return Poll::Ready(Ok(Some(data)));
+                }
+                Framing::Chunked(state) if !buf.is_empty() => {
+                    if let Some(next) = step(buf, state)? {
+                        self.framing = next;
+                        if next == Framing::Done {
+                            self.framing = Framing::Length(0);
+                        }
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            // Nothing usable buffered: read more.
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if self.framing == Framing::Close => {
+                    self.framing = Framing::Done;
+                    self.conn = None;
+                    return Poll::Ready(Ok(None));
+                }
+                Ok(0) => {
+                    self.conn = None;
+                    return Poll::Ready(Err(H1Error::Truncated));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Err(e.into()));
+                }
+            }
+        }
+    }
+}
+
+/// One step of chunked framing that is not chunk data; `None` when `buf`
+/// does not hold enough yet.
+fn step(buf: &mut BytesMut, state: Chunk) -> Result<Option<Framing>, H1Error> {
+    let bad = || H1Error::Malformed("bad chunked framing");
+    match state {
+        // httparse takes a line without digits as size 0: not here.
+        Chunk::Size if !buf[0].is_ascii_hexdigit() => Err(bad()),
+        Chunk::Size => match httparse::parse_chunk_size(buf) {
+            Ok(httparse::Status::Complete((used, _))) if used > MAX_CHUNK_LINE => Err(bad()),
+            Ok(httparse::Status::Complete((used, size))) => {
+                buf.advance(used);
+                Ok(Some(Framing::Chunked(if size == 0 {
+                    Chunk::Trailers(0)
+                } else {
+                    Chunk::Data(size)
+                })))
+            }
+            Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => Err(bad()),
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(_) => Err(bad()),
+        },
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                return if buf[0] == b'\r' {
+                    Ok(None)
+                } else {
+                    Err(bad())
+                };
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err(bad());
+            }
+            buf.advance(2);
+            Ok(Some(Framing::Chunked(Chunk::Size)))
+        }
+        Chunk::Trailers(seen) => {
+            let Some(at) = buf.windows(2).position(|w| w == b"\r\n") else {
+                return if seen + buf.len() > MAX_HEAD {
+                    Err(bad())
+                } else {
+                    Ok(None)
+                };
+            };
+            if seen + at + 2 > MAX_HEAD {
+                return Err(bad());
+            }
+            buf.advance(at + 2);
+            Ok(Some(if at == 0 {
+                Framing::Done
+            } else {
+                Framing::Chunked(Chunk::Trailers(seen + at + 2))
+            }))
+        }
+        Chunk::Data(_) => Ok(None),
+    }
+}
+
+impl http_body::Body for Answer {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match ready!(self.get_mut().poll_data(cx)) {
+            Ok(Some(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e.into()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(
+            self.framing,
+            Framing::Done | Framing::Switch | Framing::Length(0)
+        )
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done | Framing::Switch => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

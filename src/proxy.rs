@@ -91,6 +91,8 @@ pub struct Forward<'a> {
     /// `peer` as an `X-Forwarded-For` value (rendered once per connection).
     pub peer_value: &'a HeaderValue,
     pub identity: Option<&'a Identity>,
+    /// The client connection's upstream connection.
+    pub upstream: &'a Arc<pool::Slot>,
 }
 
 impl Proxy {
@@ -193,7 +195,7 @@ impl Proxy {
         };
         let resp = self
             .pool
-            .send(Request::from_parts(parts, body), is_upgrade)
+            .send(Request::from_parts(parts, body), is_upgrade, fwd.upstream)
             .await?;
         if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
             (client_upgrade, resp.status())

@@ -54,6 +54,8 @@ pub struct ClientConn {
     peer_value: http::HeaderValue,
     /// The session this connection showed last.
     recent: Recent,
+    /// The upstream connection its last request used.
+    upstream: Arc<crate::proxy::pool::Slot>,
 }
 
 impl ClientConn {
@@ -65,6 +67,7 @@ impl ClientConn {
             peer_value: http::HeaderValue::from_str(&ip.to_string())
                 .unwrap_or(http::HeaderValue::from_static("unknown")),
             recent: Recent::default(),
+            upstream: Arc::default(),
         }
     }
 }
@@ -346,6 +349,7 @@ async fn forward(
                 peer: conn.ip,
                 peer_value: &conn.peer_value,
                 identity,
+                upstream: &conn.upstream,
             },
             guard,
         )

@@ -22,6 +22,7 @@
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Instant;
 
@@ -31,6 +32,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 
+use super::pool::Slot;
 use super::stream::{Stream, Switched};
 use crate::respond::{Body, BoxError};
 
@@ -401,6 +403,7 @@ pub async fn read_head(
     head_request: bool,
     upgrade: bool,
     sent: Sent,
+    slot: &Arc<Slot>,
 ) -> Result<http::Response<Answer>, (H1Error, bool)> {
     let mut got_any = !conn.buf.is_empty();
     let parsed = loop {
@@ -422,7 +425,7 @@ pub async fn read_head(
             Err(e) => return Err((e.into(), got_any)),
         }
     };
-    build(conn, parsed, head_request, upgrade, sent).map_err(|e| (e, true))
+    build(conn, parsed, head_request, upgrade, sent, slot).map_err(|e| (e, true))
 }
 
 fn build(
@@ -431,6 +434,7 @@ fn build(
     head_request: bool,
     upgrade: bool,
     sent: Sent,
+    slot: &Arc<Slot>,
 ) -> Result<http::Response<Answer>, H1Error> {
     let status =
         StatusCode::from_u16(parsed.status).map_err(|_| H1Error::Malformed("bad status code"))?;
@@ -457,6 +461,7 @@ fn build(
         conn: Some(conn),
         framing,
         keep,
+        home: keep.then(|| slot.clone()),
     });
     *resp.status_mut() = status;
     *resp.version_mut() = parsed.version;
@@ -559,13 +564,16 @@ enum Chunk {
 }
 
 /// An answer's body, read from the upstream connection as it is asked for.
-/// At its end the connection goes back to this thread's idle list (when
-/// its framing allows); dropped early, the connection is closed.
+/// At its end the connection goes back to its client connection's slot or
+/// this thread's idle list (when its framing allows); dropped early, the
+/// connection is closed.
 pub struct Answer {
     conn: Option<Conn>,
     framing: Framing,
     /// The connection may serve another request once this body has ended.
     keep: bool,
+    /// Where it goes then: its client connection's slot.
+    home: Option<Arc<Slot>>,
 }
 
 impl Answer {
@@ -590,7 +598,10 @@ impl Answer {
             && self.keep
             && conn.buf.is_empty()
         {
-            super::pool::give_back(conn);
+            match self.home.take() {
+                Some(slot) => slot.put(conn),
+                None => super::pool::give_back(conn),
+            }
         }
     }
 

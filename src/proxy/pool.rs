@@ -1,7 +1,8 @@
 //! Connections to the upstream, kept on the serving thread that used them.
 //!
-//! A request takes an idle connection from its thread's list (newest
-//! first) or opens one, sends on it in its own task ([`super::h1`]), and the
+//! A request takes the upstream connection its client connection used last
+//! ([`Slot`]), else an idle one from its thread's list (newest first), else
+//! opens one; it sends on it in its own task ([`super::h1`]), and the
 //! answer's body puts the connection back the moment its last byte is read.
 //! No lock, no channel and no task per connection: each serving thread runs
 //! a current-thread runtime, and its list is a thread-local. A thread keeps
@@ -20,7 +21,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response};
@@ -159,6 +160,43 @@ impl Drop for HeadBuf {
     }
 }
 
+/// The upstream connection a client connection used last, kept for its
+/// next request: requests then spread over upstream connections as clients
+/// spread them, rather than piling onto the most recently freed ones. Only
+/// its own client connection (one thread) touches it, so its lock is never
+/// waited for; a busy slot is simply passed by.
+#[derive(Default)]
+pub struct Slot(Mutex<Option<Conn>>);
+
+impl Slot {
+    fn take(&self) -> Option<Conn> {
+        self.0.try_lock().ok()?.take()
+    }
+
+    /// Keeps `conn` here if the slot is free and its client connection is
+    /// still there; otherwise `conn` goes to the thread's list.
+    pub(super) fn put(self: Arc<Self>, mut conn: Conn) {
+        conn.since = Instant::now();
+        if Arc::strong_count(&self) > 1
+            && let Ok(mut held) = self.0.try_lock()
+            && held.is_none()
+        {
+            *held = Some(conn);
+            return;
+        }
+        give_back(conn);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let held = self.0.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(conn) = held.take() {
+            give_back(conn);
+        }
+    }
+}
+
 /// Where the upstream is and how to reach it.
 pub struct Pool {
     host: Host<String>,
@@ -206,6 +244,7 @@ impl Pool {
         &self,
         req: Request<Body>,
         upgrade: bool,
+        slot: &Arc<Slot>,
     ) -> Result<Response<Answer>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -222,7 +261,7 @@ impl Pool {
         let head_request = parts.method == Method::HEAD;
         let mut body = Some(body);
         loop {
-            let (mut conn, reused) = match take_idle(self.id) {
+            let (mut conn, reused) = match self.take_own(slot).or_else(|| take_idle(self.id)) {
                 Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
@@ -240,12 +279,23 @@ impl Pool {
                 }
                 Err(SendError::Upstream(e)) => return Err(ProxyError::Upstream(e)),
             };
-            match h1::read_head(conn, head_request, upgrade, sent).await {
+            match h1::read_head(conn, head_request, upgrade, sent, slot).await {
                 Ok(resp) => return Ok(resp),
                 Err((_, false)) if again => continue,
                 Err((e, _)) => return Err(ProxyError::Upstream(e)),
             }
         }
+    }
+
+    /// The client connection's own upstream connection, if it is usable.
+    fn take_own(&self, slot: &Slot) -> Option<Conn> {
+        let mut conn = slot.take()?;
+        if conn.upstream != self.id {
+            give_back(conn);
+            return None;
+        }
+        (Instant::now().duration_since(conn.since) < MAX_IDLE_AGE && !conn.is_dead())
+            .then_some(conn)
     }
 
     async fn connect(&self) -> Result<Conn, ProxyError> {

@@ -231,7 +231,7 @@ async fn exchange(
     let sent = sent.expect("the request is sent");
     within(
         "the answer's head",
-        read_head(conn, head_request, upgrade, sent),
+        read_head(conn, head_request, upgrade, sent, &Arc::default()),
     )
     .await
 }
@@ -491,7 +491,9 @@ async fn an_interim_answer_during_an_upload_does_not_stop_it() {
     drop(frames_tx);
     let (conn, sent) = within("sending", client).await.unwrap();
     assert!(matches!(sent, Ok(Sent::Whole)), "{sent:?}");
-    let resp = read_head(conn, false, false, Sent::Whole).await.unwrap();
+    let resp = read_head(conn, false, false, Sent::Whole, &Arc::default())
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(body_of(resp).await.unwrap(), "ok");
 }
@@ -504,7 +506,9 @@ async fn an_answer_after_the_whole_sized_body_is_not_early() {
     // The body's end (an HTTP/2 client's END_STREAM, say) is still to come.
     let (conn, sent) = send_request(up.addr, request(Method::POST, Some(5), body)).await;
     assert!(matches!(sent, Ok(Sent::Whole)), "{sent:?}");
-    let resp = read_head(conn, false, false, Sent::Whole).await.unwrap();
+    let resp = read_head(conn, false, false, Sent::Whole, &Arc::default())
+        .await
+        .unwrap();
     assert_eq!(body_of(resp).await.unwrap(), "ok");
     drop(frames_tx);
     assert_kept(up.connection().await);
@@ -838,9 +842,12 @@ async fn upload_refused_early(length: u64, body: Body) {
     let (addr, drain, server) = refusing_upstream().await;
     let (conn, sent) = send_request(addr, request(Method::POST, Some(length), body)).await;
     assert!(matches!(sent, Ok(Sent::Early)), "{sent:?}");
-    let resp = within("the answer", read_head(conn, false, false, Sent::Early))
-        .await
-        .unwrap();
+    let resp = within(
+        "the answer",
+        read_head(conn, false, false, Sent::Early, &Arc::default()),
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(body_of(resp).await.unwrap(), "too big");
     drain.send(()).unwrap();

@@ -98,7 +98,12 @@ fn request(method: Method, path: &str) -> Request<Body> {
 
 /// One request through `pool`; the answer's body, read to its end.
 async fn call(pool: &Pool, method: Method) -> Result<String, ProxyError> {
-    let resp = pool.send(request(method, "/x"), false).await?;
+    call_from(pool, method, &Arc::default()).await
+}
+
+/// One request from the client connection that owns `slot`.
+async fn call_from(pool: &Pool, method: Method, slot: &Arc<Slot>) -> Result<String, ProxyError> {
+    let resp = pool.send(request(method, "/x"), false, slot).await?;
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     Ok(String::from_utf8(body.to_vec()).unwrap())
@@ -117,6 +122,27 @@ async fn sequential_requests_share_one_upstream_connection() {
         );
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_client_connection_keeps_its_upstream_connection_and_hands_it_on_when_it_ends() {
+    let (target, accepted) = upstream(After::KeepAlive).await;
+    let pool = pool(&target);
+    let (mine, other) = (Arc::default(), Arc::default());
+    for _ in 0..5 {
+        call_from(&pool, Method::GET, &mine).await.unwrap();
+        assert_eq!(pool.idle_here(), 0, "kept in the client connection's slot");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // Another client connection does not get it while the first lives...
+    call_from(&pool, Method::GET, &other).await.unwrap();
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    // ...and does once the first has ended.
+    drop(other);
+    drop(mine);
+    assert_eq!(pool.idle_here(), 2);
+    call(&pool, Method::GET).await.unwrap();
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
@@ -171,7 +197,7 @@ async fn a_thread_keeps_a_bounded_number_of_idle_connections() {
     for _ in 0..many {
         // Hold every answer unread so no connection is free for the next.
         let resp = pool
-            .send(request(Method::GET, "/slow"), false)
+            .send(request(Method::GET, "/slow"), false, &Arc::default())
             .await
             .unwrap();
         pending.push(resp);
@@ -193,7 +219,7 @@ async fn an_answer_dropped_before_its_end_closes_its_connection() {
     let (target, accepted) = upstream(After::KeepAlive).await;
     let pool = pool(&target);
     let resp = pool
-        .send(request(Method::GET, "/slow"), false)
+        .send(request(Method::GET, "/slow"), false, &Arc::default())
         .await
         .unwrap();
     drop(resp);

@@ -583,7 +583,10 @@ impl Answer {
             return None;
         }
         let conn = self.conn.take()?;
-        Some(Switched::new(conn.buf.freeze(), conn.stream))
+        // A copy of what came early (usually nothing), so the read buffer
+        // is not held for the WebSocket's whole life.
+        let early = Bytes::copy_from_slice(&conn.buf);
+        Some(Switched::new(early, conn.stream))
     }
 
     fn end_if_done(&mut self) {

@@ -248,6 +248,17 @@ fn failure(got: Result<Response<Answer>, (H1Error, bool)>) -> (H1Error, bool) {
     }
 }
 
+/// Each of `answers` to a GET is refused as malformed.
+async fn all_malformed(answers: &[&str]) {
+    for answer in answers {
+        let err = failure(answer_to_get(*answer).await);
+        assert!(
+            matches!(err, (H1Error::Malformed(_), true)),
+            "{answer:?}: {err:?}"
+        );
+    }
+}
+
 async fn body_of(resp: Response<Answer>) -> Result<Bytes, BoxError> {
     let collected = within("the answer's body", resp.into_body().collect()).await?;
     Ok(collected.to_bytes())
@@ -627,13 +638,7 @@ async fn an_answer_with_ambiguous_framing_is_malformed() {
         "HTTP/1.1 200 OK\r\ncontent-length:\r\n\r\nhello",
         "HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551616\r\n\r\nhello",
     ];
-    for answer in answers {
-        let err = failure(answer_to_get(answer).await);
-        assert!(
-            matches!(err, (H1Error::Malformed(_), true)),
-            "{answer:?}: {err:?}"
-        );
-    }
+    all_malformed(&answers).await;
 }
 
 #[tokio::test]
@@ -702,13 +707,7 @@ async fn an_answer_that_is_not_http_1_is_malformed() {
         // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding is faulty.
         "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
     ];
-    for answer in answers {
-        let err = failure(answer_to_get(answer).await);
-        assert!(
-            matches!(err, (H1Error::Malformed(_), true)),
-            "{answer:?}: {err:?}"
-        );
-    }
+    all_malformed(&answers).await;
 }
 
 #[tokio::test]

@@ -141,7 +141,7 @@ fs.writeFileSync(process.argv[2], JSON.stringify({
       upstream: 'nginx $(nginx -v 2>&1 | sed 's/.*\///'), worker_processes auto (2), return 200 "ok\\\\n" / 64 KiB static file',
       nginx: 'nginx reverse proxy, worker_processes 2, proxy_http_version 1.1, upstream keepalive 256',
       apache: '$(/usr/sbin/apache2 -v | head -1 | sed 's/Server version: //'), mpm_event 2x64 threads, mod_auth_openidc $(dpkg-query -W -f='${Version}' libapache2-mod-auth-openidc 2>/dev/null), OIDCCacheType shm, OIDCSessionType server-cache',
-      gate: 'ssogate release (tokio multi-thread, 2 workers), plain http',
+      gate: 'ssogate release, 2 serving threads (a current-thread runtime each), plain http',
     },
     cookie_bytes: { gate: ${#GATE_COOKIE}, apache: ${#APACHE_COOKIE} }, bearer_bytes: ${#BEARER},
   },

@@ -644,9 +644,6 @@ impl Answer {
                 Framing::Chunked(state) if !buf.is_empty() => {
                     if let Some(next) = step(buf, state)? {
                         self.framing = next;
-                        if next == Framing::Done {
-                            self.framing = Framing::Length(0);
-                        }
                         continue;
                     }
                 }
@@ -674,7 +671,8 @@ impl Answer {
 }
 
 /// One step of chunked framing that is not chunk data; `None` when `buf`
-/// does not hold enough yet.
+/// does not hold enough yet. After the last trailer line it gives
+/// `Length(0)`, which ends the body like the end of a sized one.
 fn step(buf: &mut BytesMut, state: Chunk) -> Result<Option<Framing>, H1Error> {
     let bad = || H1Error::Malformed("bad chunked framing");
     match state {
@@ -721,7 +719,7 @@ fn step(buf: &mut BytesMut, state: Chunk) -> Result<Option<Framing>, H1Error> {
             }
             buf.advance(at + 2);
             Ok(Some(if at == 0 {
-                Framing::Done
+                Framing::Length(0) // nothing left: the body ends
             } else {
                 Framing::Chunked(Chunk::Trailers(seen + at + 2))
             }))

@@ -116,6 +116,11 @@ fn sweep(now: Instant) {
     });
 }
 
+/// Whether an idle connection may carry a request: not stale, not closed.
+fn usable(conn: &mut Conn, now: Instant) -> bool {
+    now.duration_since(conn.since) < MAX_IDLE_AGE && !conn.is_dead()
+}
+
 /// A usable idle connection to upstream `id` from this thread's list,
 /// newest first; stale and closed ones are dropped on the way.
 fn take_idle(id: u64) -> Option<Conn> {
@@ -127,7 +132,7 @@ fn take_idle_at(id: u64, now: Instant) -> Option<Conn> {
         let mut lists = lists.borrow_mut();
         let list = &mut lists.iter_mut().find(|(i, _)| *i == id)?.1;
         while let Some(mut conn) = list.pop_back() {
-            if now.duration_since(conn.since) < MAX_IDLE_AGE && !conn.is_dead() {
+            if usable(&mut conn, now) {
                 return Some(conn);
             }
         }
@@ -294,8 +299,7 @@ impl Pool {
             give_back(conn);
             return None;
         }
-        (Instant::now().duration_since(conn.since) < MAX_IDLE_AGE && !conn.is_dead())
-            .then_some(conn)
+        usable(&mut conn, Instant::now()).then_some(conn)
     }
 
     async fn connect(&self) -> Result<Conn, ProxyError> {

@@ -1,8 +1,8 @@
 //! Request ids: an incoming `X-Request-Id` is kept when it is a sane token
 //! (visible ASCII, at most [`MAX_LEN`] bytes), otherwise one is made: a
 //! random per-thread prefix and the thread's counter, unique without a
-//! syscall, a lock or an atomic the serving threads share. The id goes into the request's log span, to the
-//! upstream and back to the client.
+//! syscall, a lock or an atomic the serving threads share. The id goes into
+//! the request's log span, to the upstream and back to the client.
 
 use std::cell::Cell;
 

@@ -265,6 +265,11 @@ async fn body_of(resp: Response<Answer>) -> Result<Bytes, BoxError> {
 }
 
 /// The error `resp`'s body ends with.
+/// The error reading the body of `answer` (to a GET) ends with.
+async fn body_error_of(answer: impl Into<Vec<u8>>) -> H1Error {
+    body_error(answer_to_get(answer).await.unwrap()).await
+}
+
 async fn body_error(resp: Response<Answer>) -> H1Error {
     match body_of(resp).await {
         Ok(body) => panic!("the body {body:?} ended without an error"),
@@ -935,8 +940,7 @@ async fn bad_chunked_framing_is_a_body_error() {
         format!("{CHUNKED}3\r\nabcX"),
     ];
     for answer in answers {
-        let resp = answer_to_get(answer.clone()).await.unwrap();
-        let err = body_error(resp).await;
+        let err = body_error_of(answer.clone()).await;
         assert!(matches!(err, H1Error::Malformed(_)), "{answer:?}: {err:?}");
     }
 }
@@ -958,10 +962,7 @@ async fn an_endless_chunk_size_line_or_trailer_is_a_body_error() {
 #[tokio::test]
 async fn a_chunk_size_line_without_a_size_is_a_body_error() {
     for line in ["", ";ext=1", " "] {
-        let resp = answer_to_get(format!("{CHUNKED}3\r\nabc\r\n{line}\r\n\r\n"))
-            .await
-            .unwrap();
-        let err = body_error(resp).await;
+        let err = body_error_of(format!("{CHUNKED}3\r\nabc\r\n{line}\r\n\r\n")).await;
         assert!(matches!(err, H1Error::Malformed(_)), "{line:?}: {err:?}");
     }
 }
@@ -970,10 +971,7 @@ async fn a_chunk_size_line_without_a_size_is_a_body_error() {
 async fn a_chunk_size_line_over_max_chunk_line_is_a_body_error() {
     // All of it in one read.
     let ext = "a".repeat(2 * MAX_CHUNK_LINE);
-    let resp = answer_to_get(format!("{CHUNKED}3;{ext}\r\nabc\r\n0\r\n\r\n"))
-        .await
-        .unwrap();
-    let err = body_error(resp).await;
+    let err = body_error_of(format!("{CHUNKED}3;{ext}\r\nabc\r\n0\r\n\r\n")).await;
     assert!(matches!(err, H1Error::Malformed(_)), "{err:?}");
 }
 

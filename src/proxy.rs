@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use url::Url;
@@ -93,6 +93,8 @@ pub struct Forward<'a> {
     pub identity: Option<&'a Identity>,
     /// The client connection's upstream connection.
     pub upstream: &'a Arc<pool::Slot>,
+    /// The request id, when the gate made it (the client's goes on as it came).
+    pub request_id: Option<&'a [u8]>,
 }
 
 impl Proxy {
@@ -141,23 +143,6 @@ impl Proxy {
         })
     }
 
-    /// The request line's target for the upstream: origin-form, under the
-    /// upstream URL's path.
-    fn upstream_uri(&self, original: &Uri) -> Result<Uri, ProxyError> {
-        let pq = original.path_and_query().map_or("/", PathAndQuery::as_str);
-        let pq: PathAndQuery = if self.base_path.is_empty() {
-            original
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/"))
-        } else {
-            format!("{}{pq}", self.base_path)
-                .parse()
-                .map_err(|_| ProxyError::Uri)?
-        };
-        Ok(Uri::from(pq))
-    }
-
     /// Forwards an authenticated request; the caller has checked everything.
     /// `guard` is asked for only when the answer is a WebSocket, a streamed
     /// body (no `Content-Length`) or a long one: that connection then ends
@@ -169,23 +154,8 @@ impl Proxy {
         guard: impl FnOnce() -> Option<Guard>,
     ) -> Result<Response<Body>, ProxyError> {
         let is_upgrade = upgrade::is_websocket(req.headers());
-        let head = req.method() == Method::HEAD;
         let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        parts.uri = self.upstream_uri(&parts.uri)?;
-        parts.version = Version::HTTP_11;
-        headers::to_upstream(
-            &mut parts.headers,
-            &headers::Outbound {
-                peer: fwd.peer_value,
-                proto: &self.proto,
-                host: &self.public_host,
-                identity: fwd.identity,
-                upgrade: is_upgrade,
-                trusted_peer: !self.trusted_proxies.is_empty()
-                    && self.trusted_proxies.iter().any(|n| n.contains(&fwd.peer)),
-            },
-        );
+        let (parts, body) = req.into_parts();
         let body = if is_upgrade {
             respond::empty()
         } else if http_body::Body::is_end_stream(&body) {
@@ -193,10 +163,42 @@ impl Proxy {
         } else {
             idle::Idle::new(body, self.body_idle_timeout).boxed_unsync()
         };
+        let out = headers::Outbound {
+            peer: fwd.peer_value,
+            proto: &self.proto,
+            host: &self.public_host,
+            identity: fwd.identity,
+            upgrade: is_upgrade,
+            trusted_peer: !self.trusted_proxies.is_empty()
+                && self.trusted_proxies.iter().any(|n| n.contains(&fwd.peer)),
+            request_id: fwd.request_id,
+        };
+        // Origin-form, under the upstream URL's path.
+        let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let mut wire = pool::HeadBuf::take();
+        let framing = h1::encode_head(
+            &parts.method,
+            (&self.base_path, target),
+            h1::content_length(&parts.headers),
+            &body,
+            &mut wire.0,
+            |h| headers::to_upstream(&parts.headers, &out, h),
+        );
         let resp = self
             .pool
-            .send(Request::from_parts(parts, body), is_upgrade, fwd.upstream)
+            .send(
+                pool::Encoded {
+                    method: &parts.method,
+                    head: &wire.0,
+                    framing,
+                    body,
+                },
+                is_upgrade,
+                fwd.upstream,
+            )
             .await?;
+        drop(wire);
+        let head = parts.method == Method::HEAD;
         if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
             (client_upgrade, resp.status())
         {

@@ -75,7 +75,7 @@ impl ClientConn {
 /// Handles one request.
 pub async fn handle(
     state: Arc<State>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     conn: Arc<ClientConn>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let start = Instant::now();
@@ -84,17 +84,19 @@ pub async fn handle(
         "request",
         method = %req.method(),
         path = %req.uri().path(),
-        request_id = id.to_str().unwrap_or_default(),
+        request_id = id.as_str(),
         sub = tracing::field::Empty,
     );
-    // The upstream sees the same id (headers::to_upstream leaves it alone).
-    req.headers_mut()
-        .insert(request_id::X_REQUEST_ID, id.clone());
     let note = Note::default();
-    let mut resp = route(&state, req, &conn, &note)
-        .instrument(span.clone())
-        .await;
-    resp.headers_mut().insert(request_id::X_REQUEST_ID, id);
+    let cx = Context {
+        conn: &conn,
+        note: &note,
+        // The upstream sees the same id (headers::to_upstream).
+        request_id: id.made(),
+    };
+    let mut resp = route(&state, req, &cx).instrument(span.clone()).await;
+    resp.headers_mut()
+        .insert(request_id::X_REQUEST_ID, id.into_value());
     let elapsed = start.elapsed();
     let upstream = note.upstream();
     let outcome = note.outcome().unwrap_or(match resp.status().as_u16() {
@@ -114,6 +116,14 @@ pub async fn handle(
         "request"
     );
     Ok(resp)
+}
+
+/// What a request's routing carries along besides the request.
+struct Context<'a> {
+    conn: &'a ClientConn,
+    note: &'a Note,
+    /// The request id the gate made, if it did.
+    request_id: Option<&'a [u8]>,
 }
 
 /// What the routing learnt that the response does not show: whether the
@@ -168,12 +178,7 @@ enum Tie {
     },
 }
 
-async fn route(
-    state: &Arc<State>,
-    mut req: Request<Incoming>,
-    conn: &ClientConn,
-    note: &Note,
-) -> Response<Body> {
+async fn route(state: &Arc<State>, mut req: Request<Incoming>, cx: &Context<'_>) -> Response<Body> {
     if req.extensions().get::<AmbiguousFraming>().is_some() {
         return ambiguous_framing(&req);
     }
@@ -187,7 +192,7 @@ async fn route(
         Err(e) => return bad_path(&req, &e.to_string()),
     }
     if is_gate_path(req.uri().path()) {
-        note.set(Outcome::Sso);
+        cx.note.set(Outcome::Sso);
         return routes::handle(state, req).await;
     }
     if crate::path::is_reserved(req.uri().path()) {
@@ -196,16 +201,16 @@ async fn route(
     }
     if state.registry.is_empty() {
         // Only reachable with CT_ALLOW_UNAUTHENTICATED=true (validation refuses otherwise).
-        return forward(state, req, conn, Tie::Nothing, Vec::new(), note).await;
+        return forward(state, req, cx, Tie::Nothing, Vec::new()).await;
     }
     let now = crate::clock::now();
     let navigation = gate::is_navigation(req.method(), req.headers());
     if let Some(session) = state
         .store
-        .load_recent(req.headers(), &conn.recent)
+        .load_recent(req.headers(), &cx.conn.recent)
         .filter(|s| state.registry.get(&s.option).is_some())
     {
-        return with_session(state, req, conn, session, navigation, now, note).await;
+        return with_session(state, req, cx, session, navigation, now).await;
     }
     let (credential, identity) = match bearer_token(req.headers()) {
         Some(token) => match verify_bearer(&state.registry, token, now).await {
@@ -226,13 +231,12 @@ async fn route(
             forward(
                 state,
                 req,
-                conn,
+                cx,
                 Tie::Bearer {
                     identity,
                     expires_at,
                 },
                 Vec::new(),
-                note,
             )
             .await
         }
@@ -244,11 +248,10 @@ async fn route(
 async fn with_session(
     state: &Arc<State>,
     req: Request<Incoming>,
-    conn: &ClientConn,
+    cx: &Context<'_>,
     session: Arc<Session>,
     navigation: bool,
     now: u64,
-    note: &Note,
 ) -> Response<Body> {
     tracing::Span::current().record("sub", session.identity.sub.as_str());
     let expired = if navigation {
@@ -260,7 +263,7 @@ async fn with_session(
     };
     match lifecycle::check(state, session, req.headers(), now).await {
         Checked::Valid { session, cookies } => {
-            forward(state, req, conn, Tie::Session(session), cookies, note).await
+            forward(state, req, cx, Tie::Session(session), cookies).await
         }
         Checked::Ended { cookies } => routes::with_cookies(challenge(&expired, req.uri()), cookies),
         Checked::Expired => challenge(&expired, req.uri()),
@@ -318,11 +321,15 @@ fn challenge(decision: &Decision, uri: &http::Uri) -> Response<Body> {
 async fn forward(
     state: &Arc<State>,
     req: Request<Incoming>,
-    conn: &ClientConn,
+    cx: &Context<'_>,
     tie: Tie,
     cookies: Vec<http::HeaderValue>,
-    note: &Note,
 ) -> Response<Body> {
+    let Context {
+        conn,
+        note,
+        request_id,
+    } = *cx;
     let html = respond::wants_html(req.headers());
     if upgrade::is_websocket(req.headers())
         && !upgrade::origin_allowed(req.headers(), &state.origin, &state.config.allowed_origins)
@@ -350,6 +357,7 @@ async fn forward(
                 peer_value: &conn.peer_value,
                 identity,
                 upstream: &conn.upstream,
+                request_id,
             },
             guard,
         )

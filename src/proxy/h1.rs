@@ -19,7 +19,7 @@
 //! on: hyper has already answered `100 Continue` to the client when its
 //! body is first read.
 
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Write as _};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::Instant;
 
 use bytes::{Buf as _, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
@@ -160,42 +160,45 @@ pub enum Outgoing {
     Chunked,
 }
 
-/// The request's head as bytes (into `head`), and how its body goes. The headers are
-/// those for the upstream (hop-by-hop ones already removed); the framing is
-/// set here from the client's `Content-Length` and the body.
+/// The request's `Content-Length`, if it is one number.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+}
+
+/// Writes the request's head into `head`, and says how its body goes: the
+/// request line (`base` and then `target` as its target), the header lines
+/// `headers` writes (the upstream's; no framing header among them), the
+/// framing headers set here from the client's `Content-Length` (`length`)
+/// and the body, and the blank line.
 pub fn encode_head(
     method: &Method,
-    target: &str,
-    headers: &mut HeaderMap,
+    (base, target): (&str, &str),
+    length: Option<u64>,
     body: &Body,
     head: &mut Vec<u8>,
+    headers: impl FnOnce(&mut Vec<u8>),
 ) -> Outgoing {
-    headers.remove(EXPECT);
-    let length = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let framing = match (body.is_end_stream(), length) {
-        (true, None) => Outgoing::Empty,
-        (_, Some(0)) => Outgoing::Empty,
+        (true, None) | (_, Some(0)) => Outgoing::Empty,
         (_, Some(n)) => Outgoing::Length(n),
-        (false, None) => {
-            headers.remove(CONTENT_LENGTH);
-            Outgoing::Chunked
-        }
+        (false, None) => Outgoing::Chunked,
     };
     head.clear();
     head.extend_from_slice(method.as_str().as_bytes());
     head.push(b' ');
+    head.extend_from_slice(base.as_bytes());
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers.iter() {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    if framing == Outgoing::Chunked {
-        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    headers(head);
+    match (framing, length) {
+        (Outgoing::Chunked, _) => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        (_, Some(n)) => {
+            // Writing to a Vec cannot fail.
+            let _ = write!(head, "content-length: {n}\r\n");
+        }
+        (_, None) => {}
     }
     head.extend_from_slice(b"\r\n");
     framing

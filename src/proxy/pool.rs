@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use http::{Method, Request, Response};
+use http::{Method, Response};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use url::{Host, Url};
@@ -140,19 +140,28 @@ fn take_idle_at(id: u64, now: Instant) -> Option<Conn> {
     })
 }
 
+/// A request as it goes on the wire: its head encoded (see
+/// [`h1::encode_head`]), and its body.
+pub struct Encoded<'a> {
+    pub method: &'a Method,
+    pub head: &'a [u8],
+    pub framing: h1::Outgoing,
+    pub body: Body,
+}
+
 thread_local! {
     /// The buffer request heads are written into, kept between requests.
     static HEAD: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// This thread's head buffer while a request uses it; put back after.
-struct HeadBuf(Vec<u8>);
+pub struct HeadBuf(pub Vec<u8>);
 
 impl HeadBuf {
     /// Largest buffer kept for the next request.
     const KEEP: usize = 16 * 1024;
 
-    fn take() -> Self {
+    pub fn take() -> Self {
         Self(HEAD.take())
     }
 }
@@ -242,28 +251,23 @@ impl Pool {
         })
     }
 
-    /// Sends `req` (origin-form URI, `Host` and the other headers as the
-    /// upstream is to see them) and reads the answer's head. `upgrade`: the
-    /// request asks to switch protocols, so a `101` is expected.
+    /// Sends `req` and reads the answer's head. `upgrade`: the request asks
+    /// to switch protocols, so a `101` is expected.
     pub async fn send(
         &self,
-        req: Request<Body>,
+        req: Encoded<'_>,
         upgrade: bool,
         slot: &Arc<Slot>,
     ) -> Result<Response<Answer>, ProxyError> {
-        let (mut parts, body) = req.into_parts();
-        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let mut head = HeadBuf::take();
-        let framing = h1::encode_head(
-            &parts.method,
-            target,
-            &mut parts.headers,
-            &body,
-            &mut head.0,
-        );
+        let Encoded {
+            method,
+            head,
+            framing,
+            body,
+        } = req;
         let repeatable = framing == h1::Outgoing::Empty
-            && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-        let head_request = parts.method == Method::HEAD;
+            && matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let head_request = *method == Method::HEAD;
         let mut body = Some(body);
         loop {
             let (mut conn, reused) = match self.take_own(slot).or_else(|| take_idle(self.id)) {
@@ -275,7 +279,7 @@ impl Pool {
                 Some(body) => body,
                 None => respond::empty(), // only when repeating a request without one
             };
-            let sent = match h1::send(&mut conn, &head.0, body, framing).await {
+            let sent = match h1::send(&mut conn, head, body, framing).await {
                 Ok(sent) => sent,
                 Err(SendError::Body(e)) => return Err(ProxyError::ClientBody(e)),
                 // Nothing of an answer came: the connection was closed.

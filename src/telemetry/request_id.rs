@@ -17,11 +17,48 @@ thread_local! {
     static NEXT: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
 }
 
+/// A request's id.
+#[derive(Clone, Debug)]
+pub enum RequestId {
+    /// The client's own, passed on to the upstream as it came.
+    Client(HeaderValue),
+    /// Made by the gate (hex digits); it replaces any the client sent.
+    Made([u8; 32]),
+}
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Usable ids are visible ASCII.
+            Self::Client(v) => v.to_str().unwrap_or_default(),
+            Self::Made(b) => std::str::from_utf8(b).unwrap_or_default(),
+        }
+    }
+
+    /// The id the upstream is to be sent in place of the client's, if the
+    /// gate made it.
+    pub fn made(&self) -> Option<&[u8]> {
+        match self {
+            Self::Client(_) => None,
+            Self::Made(b) => Some(b),
+        }
+    }
+
+    /// The id as the response's header value.
+    pub fn into_value(self) -> HeaderValue {
+        match self {
+            Self::Client(v) => v,
+            // Hex digits are always a valid header value.
+            Self::Made(b) => HeaderValue::from_bytes(&b).unwrap_or(HeaderValue::from_static("-")),
+        }
+    }
+}
+
 /// The request's id: the client's, if usable, or a new one.
-pub fn of(headers: &HeaderMap) -> HeaderValue {
+pub fn of(headers: &HeaderMap) -> RequestId {
     match headers.get(&X_REQUEST_ID) {
-        Some(v) if is_usable(v.as_bytes()) => v.clone(),
-        _ => generate(),
+        Some(v) if is_usable(v.as_bytes()) => RequestId::Client(v.clone()),
+        _ => RequestId::Made(generate()),
     }
 }
 
@@ -29,7 +66,7 @@ fn is_usable(id: &[u8]) -> bool {
     !id.is_empty() && id.len() <= MAX_LEN && id.iter().all(|b| b.is_ascii_graphic())
 }
 
-fn generate() -> HeaderValue {
+fn generate() -> [u8; 32] {
     let (prefix, n) = NEXT.with(|next| {
         let (prefix, n) = next.get().unwrap_or_else(|| (rand::random::<u64>(), 0));
         next.set(Some((prefix, n.wrapping_add(1))));
@@ -38,8 +75,7 @@ fn generate() -> HeaderValue {
     let mut buf = [0u8; 32];
     hex(prefix, &mut buf[..16]);
     hex(n, &mut buf[16..]);
-    // Hex digits are always a valid header value.
-    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))
+    buf
 }
 
 fn hex(mut v: u64, out: &mut [u8]) {
@@ -58,20 +94,25 @@ mod tests {
     fn a_sane_incoming_id_is_kept_and_anything_else_replaced() {
         let mut h = HeaderMap::new();
         h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(of(&h), "abc-123");
+        let kept = of(&h);
+        assert_eq!(kept.as_str(), "abc-123");
+        assert!(kept.made().is_none(), "the client's id goes on as it came");
+        assert_eq!(kept.into_value(), "abc-123");
         for bad in ["", "has space", &"x".repeat(MAX_LEN + 1)] {
             h.insert(X_REQUEST_ID, HeaderValue::from_str(bad).unwrap());
             let id = of(&h);
-            assert_eq!(id.len(), 32, "{bad:?} replaced by a generated id");
+            assert_eq!(id.as_str().len(), 32, "{bad:?} replaced by a generated id");
+            assert_eq!(id.made(), Some(id.as_str().as_bytes()));
         }
         let (a, b) = (of(&HeaderMap::new()), of(&HeaderMap::new()));
-        assert_ne!(a, b, "generated ids are unique");
+        assert_ne!(a.as_str(), b.as_str(), "generated ids are unique");
         let other = std::thread::spawn(|| of(&HeaderMap::new())).join().unwrap();
         assert_ne!(
-            a.as_bytes()[..16],
-            other.as_bytes()[..16],
+            a.as_str()[..16],
+            other.as_str()[..16],
             "each thread has its own prefix"
         );
-        assert!(a.to_str().unwrap().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(a.clone().into_value(), a.as_str());
     }
 }

@@ -19,7 +19,30 @@ fn outbound<'a>(
         identity,
         upgrade,
         trusted_peer: false,
+        request_id: None,
     }
+}
+
+/// The header lines `to_upstream` writes for `h`, each checked to be one
+/// well-formed `name: value` line, parsed back into a map.
+fn sent(h: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
+    let mut head = Vec::new();
+    to_upstream(h, out, &mut head);
+    let text = String::from_utf8(head).expect("the lines here are UTF-8");
+    assert!(
+        text.is_empty() || text.ends_with("\r\n"),
+        "every line ends with CRLF: {text:?}"
+    );
+    let mut map = HeaderMap::new();
+    for line in text.split_terminator("\r\n") {
+        let (name, value) = line.split_once(": ").unwrap_or_else(|| panic!("{line:?}"));
+        assert!(!value.contains(['\r', '\n']), "{line:?}");
+        map.append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    map
 }
 
 #[test]
@@ -48,7 +71,7 @@ fn spoofed_identity_and_forwarding_headers_are_replaced() {
         sub: "alice".into(),
         ..Default::default()
     };
-    to_upstream(&mut h, &outbound(&proto, &host, Some(&id), false));
+    let h = sent(&h, &outbound(&proto, &host, Some(&id), false));
     assert!(h.values().all(|v| v != "evil"), "{h:?}");
     assert_eq!(h["x-forwarded-user"], "alice");
     assert_eq!(h["x-forwarded-for"], "10.1.2.3");
@@ -74,7 +97,7 @@ fn hop_by_hop_and_connection_listed_headers_go() {
         HeaderValue::from_static("https"),
         HeaderValue::from_static("g"),
     );
-    to_upstream(&mut h, &outbound(&proto, &host, None, false));
+    let h = sent(&h, &outbound(&proto, &host, None, false));
     for gone in ["connection", "x-secret", "keep-alive", "te", "upgrade"] {
         assert!(h.get(gone).is_none(), "{gone} survived");
     }
@@ -90,39 +113,167 @@ fn upgrade_keeps_upgrade_and_connection() {
         HeaderValue::from_static("https"),
         HeaderValue::from_static("g"),
     );
-    to_upstream(&mut h, &outbound(&proto, &host, None, true));
+    let h = sent(&h, &outbound(&proto, &host, None, true));
     assert_eq!(h[header::UPGRADE], "websocket");
     assert_eq!(h[header::CONNECTION], "upgrade");
 }
 
 #[test]
 fn gate_cookies_are_removed_and_app_cookies_kept_in_one_header() {
-    let mut h = HeaderMap::new();
-    h.append(
-        header::COOKIE,
-        HeaderValue::from_static("app=1; __Host-ssogate=secret"),
+    let (proto, host) = (
+        HeaderValue::from_static("https"),
+        HeaderValue::from_static("g"),
     );
-    h.append(
-        header::COOKIE,
-        HeaderValue::from_static("__Host-ssogate_1of2=a; theme=dark"),
-    );
-    strip_gate_cookies(&mut h);
-    assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
-    assert_eq!(h[header::COOKIE], "app=1; theme=dark");
-
-    let mut only_ours = HeaderMap::new();
-    only_ours.insert(header::COOKIE, HeaderValue::from_static("__Host-ssogate=x"));
-    strip_gate_cookies(&mut only_ours);
-    assert!(only_ours.get(header::COOKIE).is_none());
-
-    let mut none_of_ours = HeaderMap::new();
-    none_of_ours.insert(header::COOKIE, HeaderValue::from_static("a=1;b=2"));
-    strip_gate_cookies(&mut none_of_ours);
+    let cookies_sent = |values: &[&'static str]| {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(header::COOKIE, HeaderValue::from_static(v));
+        }
+        let h = sent(&h, &outbound(&proto, &host, None, false));
+        h.get_all(header::COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(
-        none_of_ours[header::COOKIE],
-        "a=1;b=2",
+        cookies_sent(&[
+            "app=1; __Host-ssogate=secret",
+            "__Host-ssogate_1of2=a; theme=dark"
+        ]),
+        ["app=1; theme=dark"]
+    );
+    assert_eq!(
+        cookies_sent(&["__Host-ssogate=x", "__Host-ssogate-login-abc=y"]),
+        Vec::<String>::new(),
+        "no Cookie line when nothing is left"
+    );
+    assert_eq!(
+        cookies_sent(&["a=1;b=2"]),
+        ["a=1;b=2"],
         "untouched when nothing to remove"
     );
+    assert_eq!(
+        cookies_sent(&["a=1", "b=2"]),
+        ["a=1; b=2"],
+        "HTTP/2's one header per cookie joined"
+    );
+}
+
+#[test]
+fn claims_become_headers_and_hostile_values_are_dropped() {
+    let id = Identity {
+        sub: "alice".into(),
+        email: Some("a@example.com\r\nX-Evil: 1".into()),
+        name: Some("Alice".into()),
+        preferred_username: Some("Ålice".into()),
+    };
+    let (proto, host) = (
+        HeaderValue::from_static("https"),
+        HeaderValue::from_static("g"),
+    );
+    let mut head = Vec::new();
+    to_upstream(
+        &HeaderMap::new(),
+        &outbound(&proto, &host, Some(&id), false),
+        &mut head,
+    );
+    assert!(
+        !head.windows(6).any(|w| w == b"X-Evil"),
+        "CR/LF must never reach a header"
+    );
+    let text = String::from_utf8(head).unwrap();
+    assert!(text.contains("x-forwarded-user: alice\r\n"), "{text}");
+    assert!(!text.contains("x-forwarded-email"), "{text}");
+    assert!(
+        text.contains("x-forwarded-preferred-username: Ålice\r\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_request_id_the_gate_made_replaces_the_clients() {
+    let (proto, host) = (
+        HeaderValue::from_static("https"),
+        HeaderValue::from_static("g"),
+    );
+    let mut h = HeaderMap::new();
+    h.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
+    let made = Outbound {
+        request_id: Some(b"0123abcd"),
+        ..outbound(&proto, &host, None, false)
+    };
+    let up = sent(&h, &made);
+    assert_eq!(
+        up.get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(),
+        ["0123abcd"]
+    );
+    h.insert(X_REQUEST_ID, HeaderValue::from_static("client-7"));
+    let up = sent(&h, &outbound(&proto, &host, None, false));
+    assert_eq!(
+        up.get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(),
+        ["client-7"],
+        "the client's usable id goes on as it came"
+    );
+}
+
+#[test]
+fn framing_expect_and_host_are_left_to_the_client_and_the_gate() {
+    let mut h = HeaderMap::new();
+    h.insert(header::HOST, HeaderValue::from_static("evil.example"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+    h.insert(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+    h.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+    h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+    let (proto, host) = (
+        HeaderValue::from_static("https"),
+        HeaderValue::from_static("g"),
+    );
+    let up = sent(&h, &outbound(&proto, &host, None, false));
+    for gone in ["content-length", "transfer-encoding", "expect"] {
+        assert!(up.get(gone).is_none(), "{gone} written: {up:?}");
+    }
+    assert_eq!(up.get_all(header::HOST).iter().collect::<Vec<_>>(), ["g"]);
+    assert_eq!(up[header::ACCEPT], "*/*");
+}
+
+#[test]
+fn answer_hop_by_hop_headers_go_and_an_upgrade_keeps_its_own() {
+    let answer = || {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Internal"),
+        );
+        h.append(header::CONNECTION, HeaderValue::from_static("x-other"));
+        h.insert("x-internal", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        h
+    };
+    let mut plain = answer();
+    from_upstream(&mut plain, false);
+    assert_eq!(
+        plain.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+        ["content-type"]
+    );
+    let mut switched = answer();
+    from_upstream(&mut switched, true);
+    assert_eq!(switched[header::CONNECTION], "upgrade");
+    assert_eq!(switched[header::UPGRADE], "websocket");
+    assert!(switched.get("x-internal").is_none() && switched.get("x-other").is_none());
+    let mut bare = HeaderMap::new();
+    bare.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+    from_upstream(&mut bare, false);
+    assert_eq!(bare.len(), 1, "nothing to remove, nothing removed");
 }
 
 proptest! {
@@ -137,8 +288,8 @@ proptest! {
         let mut h = HeaderMap::new();
         h.insert(HeaderName::from_bytes(spelled.as_bytes()).unwrap(), HeaderValue::from_static("spoof"));
         let (proto, host) = (HeaderValue::from_static("https"), HeaderValue::from_static("g"));
-        to_upstream(&mut h, &outbound(&proto, &host, None, false));
-        prop_assert!(h.values().all(|v| v != "spoof"));
+        let up = sent(&h, &outbound(&proto, &host, None, false));
+        prop_assert!(up.values().all(|v| v != "spoof"));
     }
 }
 
@@ -158,7 +309,7 @@ fn a_trusted_proxys_forwarded_for_is_appended_to_and_an_untrusted_one_replaced()
     };
     let mut untrusted = HeaderMap::new();
     client(&mut untrusted);
-    to_upstream(&mut untrusted, &outbound(&proto, &host, None, false));
+    let untrusted = sent(&untrusted, &outbound(&proto, &host, None, false));
     assert_eq!(
         untrusted
             .get_all(X_FORWARDED_FOR)
@@ -174,7 +325,7 @@ fn a_trusted_proxys_forwarded_for_is_appended_to_and_an_untrusted_one_replaced()
         trusted_peer: true,
         ..outbound(&proto, &host, None, false)
     };
-    to_upstream(&mut trusted, &out);
+    let trusted = sent(&trusted, &out);
     assert_eq!(
         trusted.get_all(X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
         ["203.0.113.7, 198.51.100.1, 10.1.2.3"],

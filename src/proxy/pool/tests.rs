@@ -1,7 +1,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use http::header;
 use http_body_util::BodyExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
@@ -87,13 +86,17 @@ fn pool(target: &Url) -> Pool {
     Pool::new(target, tls).unwrap()
 }
 
-fn request(method: Method, path: &str) -> Request<Body> {
-    Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::HOST, "upstream.test")
-        .body(respond::empty())
-        .unwrap()
+/// A request without a body, as it goes on the wire.
+fn request<'a>(method: &'a Method, path: &str, head: &'a mut Vec<u8>) -> Encoded<'a> {
+    let framing = h1::encode_head(method, ("", path), None, &respond::empty(), head, |h| {
+        h.extend_from_slice(b"host: upstream.test\r\n")
+    });
+    Encoded {
+        method,
+        head,
+        framing,
+        body: respond::empty(),
+    }
 }
 
 /// One request through `pool`; the answer's body, read to its end.
@@ -103,7 +106,10 @@ async fn call(pool: &Pool, method: Method) -> Result<String, ProxyError> {
 
 /// One request from the client connection that owns `slot`.
 async fn call_from(pool: &Pool, method: Method, slot: &Arc<Slot>) -> Result<String, ProxyError> {
-    let resp = pool.send(request(method, "/x"), false, slot).await?;
+    let mut head = Vec::new();
+    let resp = pool
+        .send(request(&method, "/x", &mut head), false, slot)
+        .await?;
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     Ok(String::from_utf8(body.to_vec()).unwrap())
@@ -196,8 +202,13 @@ async fn a_thread_keeps_a_bounded_number_of_idle_connections() {
     let mut pending = Vec::new();
     for _ in 0..many {
         // Hold every answer unread so no connection is free for the next.
+        let mut head = Vec::new();
         let resp = pool
-            .send(request(Method::GET, "/slow"), false, &Arc::default())
+            .send(
+                request(&Method::GET, "/slow", &mut head),
+                false,
+                &Arc::default(),
+            )
             .await
             .unwrap();
         pending.push(resp);
@@ -218,8 +229,13 @@ async fn a_thread_keeps_a_bounded_number_of_idle_connections() {
 async fn an_answer_dropped_before_its_end_closes_its_connection() {
     let (target, accepted) = upstream(After::KeepAlive).await;
     let pool = pool(&target);
+    let mut head = Vec::new();
     let resp = pool
-        .send(request(Method::GET, "/slow"), false, &Arc::default())
+        .send(
+            request(&Method::GET, "/slow", &mut head),
+            false,
+            &Arc::default(),
+        )
         .await
         .unwrap();
     drop(resp);

@@ -1,7 +1,8 @@
 //! Prometheus metrics, injected: one [`Metrics`] per gate (no global
 //! recorder), every series registered at start so the hot path only bumps
-//! an atomic. Rendered in the text format by [`Metrics::render`] for the
-//! listener on `CT_METRICS_ADDR`.
+//! an atomic. The per-request series are counted per serving thread
+//! ([`per_thread`]), the rest in the exporter's registry. Rendered in the
+//! text format by [`Metrics::render`] for the listener on `CT_METRICS_ADDR`.
 //!
 //! | series | labels |
 //! |---|---|
@@ -16,16 +17,21 @@
 //! | `ssogate_jwks_fetches_total` | key sets fetched from providers |
 //! | `ssogate_build_info` | `version`; always 1 |
 
+mod per_thread;
+
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
+use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 /// Latency buckets, in seconds (100 µs to 10 s).
-const BUCKETS: &[f64] = &[
+const BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
+
+/// `Outcome`'s label values, in its order.
+const OUTCOMES: [&str; 5] = ["forwarded", "sign_in", "rejected", "error", "sso"];
 
 /// What became of one request, for `ssogate_requests_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,9 +75,8 @@ pub enum Ended {
 
 pub struct Metrics {
     handle: PrometheusHandle,
-    requests: [Counter; 5],
-    pub gate_duration: Histogram,
-    pub upstream_duration: Histogram,
+    /// `ssogate_requests_total` and the two duration histograms.
+    requests: per_thread::PerThread,
     pub upstream_errors: Counter,
     pub sign_ins: Counter,
     sign_in_failures: [Counter; 7],
@@ -97,13 +102,8 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(BUCKETS)
-            .map(PrometheusBuilder::build_recorder)
-            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let recorder = PrometheusBuilder::new().build_recorder();
         let r = Registrar(&recorder);
-        let requests = ["forwarded", "sign_in", "rejected", "error", "sso"]
-            .map(|o| r.counter("ssogate_requests_total", &[("outcome", o)]));
         let sign_in_failures = [
             "state",
             "provider_refused",
@@ -130,9 +130,7 @@ impl Metrics {
         let websockets_open = r.gauge("ssogate_websockets_open", &[]);
         websockets_open.set(0.0);
         let metrics = Metrics {
-            requests,
-            gate_duration: r.histogram("ssogate_gate_duration_seconds"),
-            upstream_duration: r.histogram("ssogate_upstream_duration_seconds"),
+            requests: per_thread::PerThread::default(),
             upstream_errors: r.counter("ssogate_upstream_errors_total", &[]),
             sign_ins: r.counter("ssogate_sign_ins_total", &[]),
             sign_in_failures,
@@ -149,23 +147,14 @@ impl Metrics {
             handle: recorder.handle(),
         };
         // Every counter shows from the first scrape, at 0.
-        for c in metrics
-            .requests
-            .iter()
-            .chain(&metrics.sign_in_failures)
-            .chain(&metrics.ended)
-        {
+        for c in metrics.sign_in_failures.iter().chain(&metrics.ended) {
             c.increment(0);
         }
         metrics
     }
 
     pub fn request(&self, outcome: Outcome, gate: Duration, upstream: Option<Duration>) {
-        self.requests[outcome as usize].increment(1);
-        self.gate_duration.record(gate);
-        if let Some(u) = upstream {
-            self.upstream_duration.record(u);
-        }
+        self.requests.record(outcome as usize, gate, upstream);
     }
 
     pub fn sign_in_failed(&self, why: SignInFailure) {
@@ -178,7 +167,9 @@ impl Metrics {
 
     /// The text exposition format; also folds recorded samples into the histograms.
     pub fn render(&self) -> String {
-        self.handle.render()
+        let mut text = self.handle.render();
+        self.requests.render(&mut text);
+        text
     }
 
     /// Drains recorded samples into the histograms (call every few seconds
@@ -209,10 +200,6 @@ impl Registrar<'_> {
 
     fn gauge(&self, name: &'static str, labels: &[(&'static str, &'static str)]) -> Gauge {
         self.0.register_gauge(&Self::key(name, labels), &META)
-    }
-
-    fn histogram(&self, name: &'static str) -> Histogram {
-        self.0.register_histogram(&Self::key(name, &[]), &META)
     }
 }
 

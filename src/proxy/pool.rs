@@ -150,27 +150,49 @@ pub struct Encoded<'a> {
 }
 
 thread_local! {
-    /// The buffer request heads are written into, kept between requests.
-    static HEAD: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Buffers request heads are written into, kept between requests: one
+    /// per request in flight on this thread, up to [`HeadBuf::KEPT`].
+    static HEADS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// This thread's head buffer while a request uses it; put back after.
+/// A head buffer of this thread's while a request uses it; put back after.
+/// Requests on one thread overlap while they wait for the upstream, so
+/// each takes a buffer of its own and one grown for an earlier request
+/// serves a later one without growing again.
 pub struct HeadBuf(pub Vec<u8>);
 
 impl HeadBuf {
-    /// Largest buffer kept for the next request.
+    /// Largest buffer kept for a later request...
     const KEEP: usize = 16 * 1024;
+    /// ...and how many are kept per thread.
+    const KEPT: usize = 64;
+    /// What a new buffer starts with: a head with a session cookie fits.
+    const START: usize = 4 * 1024;
 
     pub fn take() -> Self {
-        Self(HEAD.take())
+        let kept = HEADS
+            .try_with(|h| h.try_borrow_mut().ok()?.pop())
+            .ok()
+            .flatten();
+        Self(kept.unwrap_or_else(|| Vec::with_capacity(Self::START)))
     }
 }
 
 impl Drop for HeadBuf {
     fn drop(&mut self) {
-        if self.0.capacity() <= Self::KEEP {
-            HEAD.set(std::mem::take(&mut self.0));
+        if self.0.capacity() > Self::KEEP {
+            return;
         }
+        let mut buf = std::mem::take(&mut self.0);
+        buf.clear();
+        // Not at all once the thread is ending.
+        let _ = HEADS.try_with(|h| {
+            if let Ok(mut kept) = h.try_borrow_mut()
+                && kept.len() < Self::KEPT
+            {
+                kept.push(buf);
+            }
+        });
     }
 }
 

@@ -274,3 +274,26 @@ async fn nothing_listening_is_a_connect_error() {
     let err = call(&pool, Method::GET).await.unwrap_err();
     assert!(matches!(err, ProxyError::Connect(_)), "{err}");
 }
+
+#[test]
+fn requests_in_flight_at_once_each_get_a_head_buffer_and_later_ones_reuse_them() {
+    let mut first = HeadBuf::take();
+    first.0.extend_from_slice(&[b'x'; 6000]);
+    let grown = first.0.as_ptr();
+    let second = HeadBuf::take();
+    assert_ne!(second.0.as_ptr(), grown, "not the buffer still in use");
+    drop(second);
+    drop(first);
+    let later = HeadBuf::take();
+    assert_eq!(later.0.as_ptr(), grown, "the grown buffer, kept");
+    assert!(later.0.is_empty() && later.0.capacity() >= 6000);
+    let mut huge = HeadBuf::take();
+    huge.0.reserve(HeadBuf::KEEP + 1);
+    drop(huge);
+    // Every buffer there is now, kept or new, while all are in use.
+    let all: Vec<HeadBuf> = (0..HeadBuf::KEPT + 1).map(|_| HeadBuf::take()).collect();
+    assert!(
+        all.iter().all(|b| b.0.capacity() <= HeadBuf::KEEP),
+        "an oversized one is not kept"
+    );
+}

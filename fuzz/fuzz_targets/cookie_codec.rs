@@ -16,6 +16,7 @@ use std::sync::{Arc, LazyLock};
 use http::{HeaderMap, HeaderValue, header};
 use libfuzzer_sys::fuzz_target;
 use ssogate::config::Secret;
+use ssogate::proxy::headers::{Outbound, to_upstream};
 use ssogate::session::{CookieNames, CookieStore, Sealer, Session, Store};
 
 const NAME: &str = "__Host-ssogate";
@@ -85,8 +86,32 @@ fuzz_target!(|data: &[u8]| {
 
 /// A session that loads saves again and loads back the same.
 fn check_session(s: &Session) {
-    let mut headers = HeaderMap::new();
-    s.identity.insert_headers(&mut headers);
+    // The identity as the upstream would get it: whole header lines only,
+    // whatever the claims hold.
+    let v = HeaderValue::from_static("v");
+    let mut head = Vec::new();
+    to_upstream(
+        &HeaderMap::new(),
+        &Outbound {
+            peer: &v,
+            proto: &v,
+            host: &v,
+            identity: Some(&s.identity),
+            upgrade: false,
+            trusted_peer: false,
+            request_id: None,
+        },
+        &mut head,
+    );
+    for line in head.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        assert!(
+            line.is_empty() || line.windows(2).any(|w| w == b": "),
+            "a claim broke a header line: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        assert!(!line.contains(&b'\r'), "CR inside a header line");
+    }
     let _ = s.cookie_max_age(0);
     let mut out = Vec::new();
     if STORE.save(s, &HeaderMap::new(), 0, &mut out).is_err() {

@@ -439,12 +439,54 @@ fn build(
     sent: Sent,
     slot: &Arc<Slot>,
 ) -> Result<http::Response<Answer>, H1Error> {
+    let whole = matches!(sent, Sent::Whole);
+    let head = take_head(
+        &mut conn.buf,
+        &mut conn.headers,
+        &parsed,
+        head_request,
+        upgrade,
+        whole,
+    )?;
+    let mut resp = http::Response::new(Answer {
+        conn: Some(conn),
+        framing: head.framing,
+        keep: head.keep,
+        home: head.keep.then(|| slot.clone()),
+    });
+    *resp.status_mut() = head.status;
+    *resp.version_mut() = parsed.version;
+    *resp.headers_mut() = head.headers;
+    resp.body_mut().end_if_done();
+    Ok(resp)
+}
+
+/// An answer head, taken off the read buffer.
+struct Head {
+    status: StatusCode,
+    headers: HeaderMap,
+    framing: Framing,
+    /// The connection may serve another request once the body has ended.
+    keep: bool,
+}
+
+/// Takes the parsed head off the front of `buf` (its header values share
+/// it) and works out the body's framing; `whole`: the request went out
+/// whole.
+fn take_head(
+    buf: &mut BytesMut,
+    found: &mut Vec<(HeaderName, usize, usize)>,
+    parsed: &Parsed,
+    head_request: bool,
+    upgrade: bool,
+    whole: bool,
+) -> Result<Head, H1Error> {
     let status =
         StatusCode::from_u16(parsed.status).map_err(|_| H1Error::Malformed("bad status code"))?;
-    let head = conn.buf.split_to(parsed.len).freeze();
+    let head = buf.split_to(parsed.len).freeze();
     // Room for what the gate adds (`X-Request-Id`, a `Set-Cookie`).
-    let mut headers = HeaderMap::with_capacity(conn.headers.len() + 2);
-    for (name, start, end) in conn.headers.drain(..) {
+    let mut headers = HeaderMap::with_capacity(found.len() + 2);
+    for (name, start, end) in found.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| H1Error::Malformed("bad header value"))?;
         headers.append(name, value);
@@ -456,21 +498,16 @@ fn build(
         ));
     }
     let framing = framing(&headers, status, head_request, upgrade)?;
-    let keep = matches!(sent, Sent::Whole)
+    let keep = whole
         && parsed.version == Version::HTTP_11
         && !has_token(&headers, CONNECTION, "close")
         && !matches!(framing, Framing::Close | Framing::Switch);
-    let mut resp = http::Response::new(Answer {
-        conn: Some(conn),
+    Ok(Head {
+        status,
+        headers,
         framing,
         keep,
-        home: keep.then(|| slot.clone()),
-    });
-    *resp.status_mut() = status;
-    *resp.version_mut() = parsed.version;
-    *resp.headers_mut() = headers;
-    resp.body_mut().end_if_done();
-    Ok(resp)
+    })
 }
 
 /// Whether a comma-separated header has `token` (any case).
@@ -617,40 +654,17 @@ impl Answer {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(Ok(None));
             };
-            let buf = &mut conn.buf;
-            match self.framing {
-                Framing::Done | Framing::Switch => return Poll::Ready(Ok(None)),
-                Framing::Length(0) => {
-                    self.end();
-                    return Poll::Ready(Ok(None));
-                }
-                Framing::Length(left) if !buf.is_empty() => {
-                    let n = left.min(buf.len() as u64);
-                    let data = buf.split_to(n as usize).freeze();
-                    self.framing = Framing::Length(left - n);
+            match self.framing.next_piece(&mut conn.buf)? {
+                Piece::Data(data) => {
                     self.end_if_done();
                     return Poll::Ready(Ok(Some(data)));
                 }
-                Framing::Close if !buf.is_empty() => {
-                    return Poll::Ready(Ok(Some(buf.split().freeze())));
+                Piece::End => {
+                    // A `101`'s stream stays for `into_switched`.
+                    self.end_if_done();
+                    return Poll::Ready(Ok(None));
                 }
-                Framing::Chunked(Chunk::Data(left)) if !buf.is_empty() => {
-                    let n = left.min(buf.len() as u64);
-                    let data = buf.split_to(n as usize).freeze();
-                    self.framing = Framing::Chunked(if left == n {
-                        Chunk::DataEnd
-                    } else {
-                        Chunk::Data(left - n)
-                    });
-                    return Poll::Ready(Ok(Some(data)));
-                }
-                Framing::Chunked(state) if !buf.is_empty() => {
-                    if let Some(next) = step(buf, state)? {
-                        self.framing = next;
-                        continue;
-                    }
-                }
-                _ => {}
+                Piece::More => {}
             }
             // Nothing usable buffered: read more.
             match ready!(conn.poll_fill(cx)) {
@@ -668,6 +682,47 @@ impl Answer {
                     self.conn = None;
                     return Poll::Ready(Err(e.into()));
                 }
+            }
+        }
+    }
+}
+
+/// What the body's framing makes of the bytes buffered.
+#[derive(Debug)]
+enum Piece {
+    Data(Bytes),
+    /// The body has ended (`Length(0)`, `Done` or `Switch`).
+    End,
+    /// More bytes are needed.
+    More,
+}
+
+impl Framing {
+    /// Takes the next piece of the body off the front of `buf`.
+    fn next_piece(&mut self, buf: &mut BytesMut) -> Result<Piece, H1Error> {
+        loop {
+            match *self {
+                Framing::Done | Framing::Switch | Framing::Length(0) => return Ok(Piece::End),
+                Framing::Length(left) if !buf.is_empty() => {
+                    let n = left.min(buf.len() as u64);
+                    *self = Framing::Length(left - n);
+                    return Ok(Piece::Data(buf.split_to(n as usize).freeze()));
+                }
+                Framing::Close if !buf.is_empty() => return Ok(Piece::Data(buf.split().freeze())),
+                Framing::Chunked(Chunk::Data(left)) if !buf.is_empty() => {
+                    let n = left.min(buf.len() as u64);
+                    *self = Framing::Chunked(if left == n {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left - n)
+                    });
+                    return Ok(Piece::Data(buf.split_to(n as usize).freeze()));
+                }
+                Framing::Chunked(state) if !buf.is_empty() => match step(buf, state)? {
+                    Some(next) => *self = next,
+                    None => return Ok(Piece::More),
+                },
+                _ => return Ok(Piece::More),
             }
         }
     }
@@ -729,6 +784,76 @@ fn step(buf: &mut BytesMut, state: Chunk) -> Result<Option<Framing>, H1Error> {
         }
         Chunk::Data(_) => Ok(None),
     }
+}
+
+/// What [`decode_for_fuzzing`] made of an upstream's bytes.
+#[doc(hidden)]
+#[derive(Debug, PartialEq, Eq)]
+pub struct Decoded {
+    pub status: u16,
+    /// Headers of the final answer head.
+    pub headers: usize,
+    pub body: Vec<u8>,
+    /// The answer's framing lets the connection serve another request
+    /// after it (the pool also needs nothing more to have arrived, which
+    /// depends on timing: see [`Answer`] and `pool::usable`).
+    pub reusable: bool,
+    /// The bytes after the answer: still buffered, or not read yet.
+    pub rest: Vec<u8>,
+}
+
+/// The answer-reading code of [`read_head`] and [`Answer`] run over bytes
+/// that arrive as `reads`, without a socket: the fuzz target `h1_answer`
+/// checks it never panics and that where the reads split the bytes
+/// changes nothing. The loop around the shared parts is the async one's,
+/// with the next read in place of the socket.
+#[doc(hidden)]
+pub fn decode_for_fuzzing(
+    reads: &[&[u8]],
+    head_request: bool,
+    upgrade: bool,
+) -> Result<Decoded, String> {
+    let mut reads = reads.iter().copied();
+    let mut buf = BytesMut::new();
+    let mut fill = |buf: &mut BytesMut| match reads.next() {
+        Some(r) => {
+            buf.extend_from_slice(r);
+            true
+        }
+        None => false,
+    };
+    let mut found = Vec::new();
+    let parsed = loop {
+        match parse(&buf, Some(&mut found)).map_err(|e| e.to_string())? {
+            Some(p) if p.interim() => buf.advance(p.len),
+            Some(p) => break p,
+            None if fill(&mut buf) => {}
+            None => return Err(H1Error::Truncated.to_string()),
+        }
+    };
+    let head = take_head(&mut buf, &mut found, &parsed, head_request, upgrade, true)
+        .map_err(|e| e.to_string())?;
+    let mut framing = head.framing;
+    let mut body = Vec::new();
+    loop {
+        match framing.next_piece(&mut buf).map_err(|e| e.to_string())? {
+            Piece::Data(data) => body.extend_from_slice(&data),
+            Piece::End => break,
+            Piece::More if fill(&mut buf) => {}
+            // A close ends such a body.
+            Piece::More if framing == Framing::Close => break,
+            Piece::More => return Err(H1Error::Truncated.to_string()),
+        }
+    }
+    let mut rest = buf.to_vec();
+    reads.for_each(|r| rest.extend_from_slice(r));
+    Ok(Decoded {
+        status: head.status.as_u16(),
+        headers: head.headers.len(),
+        body,
+        reusable: head.keep,
+        rest,
+    })
 }
 
 impl http_body::Body for Answer {

@@ -1048,3 +1048,50 @@ async fn an_idle_connection_is_dead_once_the_upstream_sends_or_closes() {
         .await;
     }
 }
+
+// The fuzzing entry (fuzz/fuzz_targets/h1_answer.rs).
+
+#[test]
+fn the_fuzzing_entry_decodes_answers_whatever_the_read_boundaries() {
+    let chunked: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n3\r\nabc\r\n0\r\nx-trailer: 1\r\n\r\n";
+    let whole = decode_for_fuzzing(&[chunked], false, false).unwrap();
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.body, b"helloabc");
+    assert!(whole.reusable && whole.rest.is_empty());
+    let bytes: Vec<&[u8]> = chunked.chunks(1).collect();
+    assert_eq!(decode_for_fuzzing(&bytes, false, false), Ok(whole));
+
+    let extra = decode_for_fuzzing(
+        &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", b"XY"],
+        false,
+        false,
+    )
+    .unwrap();
+    assert_eq!(extra.body, b"ok");
+    assert_eq!(extra.rest, b"XY", "the answer ends where its framing says");
+
+    let head = decode_for_fuzzing(
+        &[b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"],
+        true,
+        false,
+    )
+    .unwrap();
+    assert!(head.body.is_empty() && head.reusable, "HEAD: no body");
+
+    assert_eq!(
+        decode_for_fuzzing(
+            &[b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n"],
+            false,
+            false
+        ),
+        Err(H1Error::Malformed("conflicting Content-Length").to_string())
+    );
+    assert_eq!(
+        decode_for_fuzzing(
+            &[b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhel"],
+            false,
+            false
+        ),
+        Err(H1Error::Truncated.to_string())
+    );
+}

@@ -74,7 +74,8 @@ pub struct SignedIn {
 #[derive(Debug)]
 pub enum Bearer {
     Valid {
-        identity: Identity,
+        /// Shared with the cache of verified tokens: a repeat costs no copy.
+        identity: std::sync::Arc<Identity>,
         expires_at: u64,
     },
     /// Signed with a key the option does not know (yet): reload keys, try again.

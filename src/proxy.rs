@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use url::Url;
 
@@ -159,9 +158,9 @@ impl Proxy {
         let body = if is_upgrade {
             respond::empty()
         } else if http_body::Body::is_end_stream(&body) {
-            body.map_err(Into::into).boxed_unsync()
+            Body::Incoming(body)
         } else {
-            idle::Idle::new(body, self.body_idle_timeout).boxed_unsync()
+            Body::boxed(idle::Idle::new(body, self.body_idle_timeout))
         };
         let out = headers::Outbound {
             peer: fwd.peer_value,
@@ -226,8 +225,8 @@ impl Proxy {
             .is_none_or(|n| n > LONG_BODY_BYTES);
         let streamed = !head && long && !matches!(parts.status.as_u16(), 100..=199 | 204 | 304);
         let body = match streamed.then(guard).flatten() {
-            Some(guard) => Cutoff::new(body, guard).boxed_unsync(),
-            None => body.map_err(Into::into).boxed_unsync(),
+            Some(guard) => Body::boxed(Cutoff::new(body, guard)),
+            None => Body::Answer(body),
         };
         Ok(Response::from_parts(parts, body))
     }

@@ -10,17 +10,77 @@ use http_body_util::{BodyExt as _, Empty, Full};
 /// Errors a body may end with (an upstream failure, or its session ending).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The body type of every response the gate produces or forwards.
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+/// The body type of every response the gate produces or forwards, and of
+/// requests it forwards. The two bodies every forwarded request has (the
+/// client's, the upstream's answer) are held as they are, without a box of
+/// their own; anything else is boxed.
+pub enum Body {
+    /// A client's request body, as hyper reads it.
+    Incoming(hyper::body::Incoming),
+    /// An upstream's answer body, as the gate's HTTP/1.1 client reads it.
+    Answer(crate::proxy::h1::Answer),
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl Body {
+    pub fn boxed<B>(body: B) -> Self
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Self::Boxed(body.map_err(Into::into).boxed_unsync())
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Incoming(_) => "Body::Incoming",
+            Self::Answer(_) => "Body::Answer",
+            Self::Boxed(_) => "Body::Boxed",
+        })
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::pin::Pin;
+        match self.get_mut() {
+            Self::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::Answer(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::Boxed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Incoming(b) => b.is_end_stream(),
+            Self::Answer(b) => b.is_end_stream(),
+            Self::Boxed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Incoming(b) => b.size_hint(),
+            Self::Answer(b) => b.size_hint(),
+            Self::Boxed(b) => b.size_hint(),
+        }
+    }
+}
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Body::boxed(Full::new(bytes.into()).map_err(|never| match never {}))
 }
 
 pub fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed_unsync()
+    Body::boxed(Empty::new().map_err(|never| match never {}))
 }
 
 /// Whether the client prefers an HTML page (a browser) to JSON.

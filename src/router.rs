@@ -173,7 +173,7 @@ enum Tie {
     Nothing,
     Session(Arc<Session>),
     Bearer {
-        identity: Identity,
+        identity: Arc<Identity>,
         expires_at: u64,
     },
 }
@@ -339,7 +339,7 @@ async fn forward(
     }
     let identity = match &tie {
         Tie::Session(s) => Some(&s.identity),
-        Tie::Bearer { identity, .. } => Some(identity),
+        Tie::Bearer { identity, .. } => Some(&**identity),
         Tie::Nothing => None,
     };
     let guard = || match &tie {
@@ -408,7 +408,11 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
 
 /// Checks a bearer token with every option that accepts them; an unknown
 /// key id triggers one (rate-limited) key reload and a second look.
-pub async fn verify_bearer(registry: &Registry, token: &str, now: u64) -> Option<(Identity, u64)> {
+pub async fn verify_bearer(
+    registry: &Registry,
+    token: &str,
+    now: u64,
+) -> Option<(Arc<Identity>, u64)> {
     for option in registry.iter() {
         let mut outcome = option.verify_bearer(token, now);
         if matches!(outcome, Bearer::UnknownKey) {

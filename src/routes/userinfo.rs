@@ -26,7 +26,10 @@ pub async fn userinfo(state: &State, req: &Request<Incoming>) -> Response<Body> 
                 cookies: set,
             } => {
                 cookies = set;
-                Some((session.identity.clone(), session.expires_at))
+                Some((
+                    std::sync::Arc::new(session.identity.clone()),
+                    session.expires_at,
+                ))
             }
             Checked::Ended { cookies: set } => {
                 cookies = set;

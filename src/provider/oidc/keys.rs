@@ -235,12 +235,12 @@ impl KeySet {
                 Bearer::Invalid("several audiences but no azp".into())
             }
             Ok(c) => Bearer::Valid {
-                identity: Identity {
+                identity: std::sync::Arc::new(Identity {
                     sub: c.sub,
                     email: c.email,
                     name: c.name,
                     preferred_username: c.preferred_username,
-                },
+                }),
                 expires_at: c.exp,
             },
             Err(KeyError::UnknownKey) => Bearer::UnknownKey,

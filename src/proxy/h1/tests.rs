@@ -187,7 +187,9 @@ fn get() -> Request<Body> {
 
 /// A body of these frames, of unknown length.
 fn frames(frames: Vec<Frame<Bytes>>) -> Body {
-    StreamBody::new(stream::iter(frames.into_iter().map(Ok::<_, BoxError>))).boxed_unsync()
+    Body::boxed(StreamBody::new(stream::iter(
+        frames.into_iter().map(Ok::<_, BoxError>),
+    )))
 }
 
 fn data(bytes: &'static [u8]) -> Frame<Bytes> {
@@ -200,7 +202,7 @@ fn channel_body() -> (mpsc::Sender<Frame<Bytes>>, Body) {
     let frames = stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|f| (Ok::<_, BoxError>(f), rx))
     });
-    (tx, StreamBody::new(frames).boxed_unsync())
+    (tx, Body::boxed(StreamBody::new(frames)))
 }
 
 /// Writes `headers` as header lines, but for the framing ones.
@@ -453,11 +455,10 @@ async fn a_request_body_of_known_length_arrives_as_it_is() {
 #[tokio::test]
 async fn a_request_body_at_odds_with_its_content_length_is_a_body_error() {
     let failing = || {
-        StreamBody::new(stream::iter([
+        Body::boxed(StreamBody::new(stream::iter([
             Ok(data(b"ab")),
             Err::<Frame<Bytes>, BoxError>("the client went away".into()),
-        ]))
-        .boxed_unsync()
+        ])))
     };
     let cases: [(u64, Body); 3] = [
         (4, respond::full("hello")),
@@ -888,7 +889,7 @@ async fn an_early_answer_ends_a_stalled_upload() {
     // 64 KiB of 8 MiB, and then the client goes quiet.
     let first = Bytes::from(vec![b'x'; 64 * 1024]);
     let frames = stream::iter([Ok::<_, BoxError>(Frame::data(first))]).chain(stream::pending());
-    upload_refused_early(8 << 20, StreamBody::new(frames).boxed_unsync()).await;
+    upload_refused_early(8 << 20, Body::boxed(StreamBody::new(frames))).await;
 }
 
 #[tokio::test]
@@ -898,7 +899,7 @@ async fn an_early_answer_ends_an_upload_the_upstream_stopped_reading() {
     let frames = stream::repeat(piece)
         .take(1024)
         .map(|b| Ok::<_, BoxError>(Frame::data(b)));
-    upload_refused_early(64 << 20, StreamBody::new(frames).boxed_unsync()).await;
+    upload_refused_early(64 << 20, Body::boxed(StreamBody::new(frames))).await;
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@
 //! and two requests seldom meet on one lock. Refusals are never cached.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest as _, Sha256};
 
@@ -25,7 +25,7 @@ pub const MAX_AGE_SECS: u64 = 300;
 type Key = [u8; 32];
 
 struct Entry {
-    identity: Identity,
+    identity: Arc<Identity>,
     expires_at: u64,
     /// When the entry stops answering (expiry plus leeway, or its age limit).
     until: u64,
@@ -53,14 +53,14 @@ impl Verified {
     }
 
     /// The identity and expiry of a token verified before, if still good at `now`.
-    pub fn get(&self, key: &Key, now: u64) -> Option<(Identity, u64)> {
+    pub fn get(&self, key: &Key, now: u64) -> Option<(Arc<Identity>, u64)> {
         let shard = self.shard(key).lock().ok()?;
         let e = shard.get(key).filter(|e| now < e.until)?;
         Some((e.identity.clone(), e.expires_at))
     }
 
     /// Remembers a token that just verified.
-    pub fn put(&self, key: Key, identity: &Identity, expires_at: u64, now: u64) {
+    pub fn put(&self, key: Key, identity: &Arc<Identity>, expires_at: u64, now: u64) {
         let until = expires_at
             .saturating_add(self.leeway)
             .min(now.saturating_add(MAX_AGE_SECS));
@@ -88,11 +88,11 @@ impl Verified {
 mod tests {
     use super::*;
 
-    fn id(sub: &str) -> Identity {
-        Identity {
+    fn id(sub: &str) -> Arc<Identity> {
+        Arc::new(Identity {
             sub: sub.into(),
             ..Default::default()
-        }
+        })
     }
 
     #[test]
@@ -101,9 +101,11 @@ mod tests {
         let k = Verified::key("a.b.c");
         v.put(k, &id("alice"), 1_000, 900);
         assert_eq!(
-            v.get(&k, 950).map(|(i, e)| (i.sub, e)),
+            v.get(&k, 950).map(|(i, e)| (i.sub.clone(), e)),
             Some(("alice".into(), 1_000))
         );
+        let (a, b) = (v.get(&k, 950).unwrap().0, v.get(&k, 950).unwrap().0);
+        assert!(Arc::ptr_eq(&a, &b), "shared, not copied");
         assert!(v.get(&k, 1_059).is_some(), "within the leeway");
         assert!(v.get(&k, 1_060).is_none(), "expired");
         assert!(

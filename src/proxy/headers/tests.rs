@@ -5,6 +5,9 @@ use super::*;
 
 /// `10.1.2.3`, the peer of every test request.
 static PEER: HeaderValue = HeaderValue::from_static("10.1.2.3");
+/// The scheme and public host most tests forward with.
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
+static G: HeaderValue = HeaderValue::from_static("g");
 
 fn outbound<'a>(
     proto: &'a HeaderValue,
@@ -93,11 +96,7 @@ fn hop_by_hop_and_connection_listed_headers_go() {
     h.insert(header::TE, HeaderValue::from_static("trailers"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert("x-app", HeaderValue::from_static("kept"));
-    let (proto, host) = (
-        HeaderValue::from_static("https"),
-        HeaderValue::from_static("g"),
-    );
-    let h = sent(&h, &outbound(&proto, &host, None, false));
+    let h = sent(&h, &outbound(&HTTPS, &G, None, false));
     for gone in ["connection", "x-secret", "keep-alive", "te", "upgrade"] {
         assert!(h.get(gone).is_none(), "{gone} survived");
     }
@@ -109,27 +108,19 @@ fn upgrade_keeps_upgrade_and_connection() {
     let mut h = HeaderMap::new();
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    let (proto, host) = (
-        HeaderValue::from_static("https"),
-        HeaderValue::from_static("g"),
-    );
-    let h = sent(&h, &outbound(&proto, &host, None, true));
+    let h = sent(&h, &outbound(&HTTPS, &G, None, true));
     assert_eq!(h[header::UPGRADE], "websocket");
     assert_eq!(h[header::CONNECTION], "upgrade");
 }
 
 #[test]
 fn gate_cookies_are_removed_and_app_cookies_kept_in_one_header() {
-    let (proto, host) = (
-        HeaderValue::from_static("https"),
-        HeaderValue::from_static("g"),
-    );
     let cookies_sent = |values: &[&'static str]| {
         let mut h = HeaderMap::new();
         for v in values {
             h.append(header::COOKIE, HeaderValue::from_static(v));
         }
-        let h = sent(&h, &outbound(&proto, &host, None, false));
+        let h = sent(&h, &outbound(&HTTPS, &G, None, false));
         h.get_all(header::COOKIE)
             .iter()
             .map(|v| v.to_str().unwrap().to_owned())
@@ -167,14 +158,10 @@ fn claims_become_headers_and_hostile_values_are_dropped() {
         name: Some("Alice".into()),
         preferred_username: Some("Ålice".into()),
     };
-    let (proto, host) = (
-        HeaderValue::from_static("https"),
-        HeaderValue::from_static("g"),
-    );
     let mut head = Vec::new();
     to_upstream(
         &HeaderMap::new(),
-        &outbound(&proto, &host, Some(&id), false),
+        &outbound(&HTTPS, &G, Some(&id), false),
         &mut head,
     );
     assert!(
@@ -192,15 +179,11 @@ fn claims_become_headers_and_hostile_values_are_dropped() {
 
 #[test]
 fn a_request_id_the_gate_made_replaces_the_clients() {
-    let (proto, host) = (
-        HeaderValue::from_static("https"),
-        HeaderValue::from_static("g"),
-    );
     let mut h = HeaderMap::new();
     h.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
     let made = Outbound {
         request_id: Some(b"0123abcd"),
-        ..outbound(&proto, &host, None, false)
+        ..outbound(&HTTPS, &G, None, false)
     };
     let up = sent(&h, &made);
     assert_eq!(
@@ -208,7 +191,7 @@ fn a_request_id_the_gate_made_replaces_the_clients() {
         ["0123abcd"]
     );
     h.insert(X_REQUEST_ID, HeaderValue::from_static("client-7"));
-    let up = sent(&h, &outbound(&proto, &host, None, false));
+    let up = sent(&h, &outbound(&HTTPS, &G, None, false));
     assert_eq!(
         up.get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(),
         ["client-7"],
@@ -227,11 +210,7 @@ fn framing_expect_and_host_are_left_to_the_client_and_the_gate() {
     );
     h.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
     h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
-    let (proto, host) = (
-        HeaderValue::from_static("https"),
-        HeaderValue::from_static("g"),
-    );
-    let up = sent(&h, &outbound(&proto, &host, None, false));
+    let up = sent(&h, &outbound(&HTTPS, &G, None, false));
     for gone in ["content-length", "transfer-encoding", "expect"] {
         assert!(up.get(gone).is_none(), "{gone} written: {up:?}");
     }
@@ -287,8 +266,7 @@ proptest! {
         }).collect();
         let mut h = HeaderMap::new();
         h.insert(HeaderName::from_bytes(spelled.as_bytes()).unwrap(), HeaderValue::from_static("spoof"));
-        let (proto, host) = (HeaderValue::from_static("https"), HeaderValue::from_static("g"));
-        let up = sent(&h, &outbound(&proto, &host, None, false));
+        let up = sent(&h, &outbound(&HTTPS, &G, None, false));
         prop_assert!(up.values().all(|v| v != "spoof"));
     }
 }

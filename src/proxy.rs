@@ -94,6 +94,8 @@ pub struct Forward<'a> {
     pub upstream: &'a Arc<pool::Slot>,
     /// The request id, when the gate made it (the client's goes on as it came).
     pub request_id: Option<&'a [u8]>,
+    /// The request asks for a WebSocket ([`upgrade::is_websocket`]).
+    pub websocket: bool,
 }
 
 impl Proxy {
@@ -152,7 +154,7 @@ impl Proxy {
         fwd: Forward<'_>,
         guard: impl FnOnce() -> Option<Guard>,
     ) -> Result<Response<Body>, ProxyError> {
-        let is_upgrade = upgrade::is_websocket(req.headers());
+        let is_upgrade = fwd.websocket;
         let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let body = if is_upgrade {

@@ -94,7 +94,13 @@ pub async fn handle(
         // The upstream sees the same id (headers::to_upstream).
         request_id: id.made(),
     };
-    let mut resp = route(&state, req, &cx).instrument(span.clone()).await;
+    let routed = route(&state, req, &cx);
+    // A disabled span (the level is off) is not worth moving the future for.
+    let mut resp = if span.is_disabled() {
+        routed.await
+    } else {
+        routed.instrument(span.clone()).await
+    };
     resp.headers_mut()
         .insert(request_id::X_REQUEST_ID, id.into_value());
     let elapsed = start.elapsed();
@@ -331,7 +337,8 @@ async fn forward(
         request_id,
     } = *cx;
     let html = respond::wants_html(req.headers());
-    if upgrade::is_websocket(req.headers())
+    let websocket = upgrade::is_websocket(req.headers());
+    if websocket
         && !upgrade::origin_allowed(req.headers(), &state.origin, &state.config.allowed_origins)
     {
         tracing::warn!("websocket refused: Origin is not this gate's");
@@ -358,6 +365,7 @@ async fn forward(
                 identity,
                 upstream: &conn.upstream,
                 request_id,
+                websocket,
             },
             guard,
         )

@@ -18,6 +18,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use crate::identity::{self, Identity};
 use crate::session::CookieNames;
+use crate::session::cookies::pairs;
 use crate::telemetry::request_id::X_REQUEST_ID;
 
 /// How many headers are hop-by-hop by name.
@@ -218,29 +219,29 @@ fn forwarded_chain(headers: &HeaderMap) -> Option<String> {
 /// Writes one `Cookie` line: the client's cookies without the gate's, all
 /// `Cookie` headers joined (HTTP/2 clients send one per cookie; HTTP/1.1
 /// upstreams want one), or none when nothing is left. A single header
-/// holding none of the gate's cookies goes on untouched.
+/// holding none of the gate's cookies goes on untouched. Cookies are read
+/// as bytes: one that is not ASCII goes on as it came.
 fn write_cookies(headers: &HeaderMap, first: &HeaderValue, head: &mut Vec<u8>) {
     let values = headers.get_all(header::COOKIE);
-    let single = values.iter().nth(1).is_none();
-    let ours = |v: &HeaderValue| {
-        v.to_str()
-            .is_ok_and(|v| v.split(';').any(|p| CookieNames::is_ours(p.trim_start())))
-    };
-    if single && !ours(first) {
-        return line(head, header::COOKIE.as_str(), first.as_bytes());
-    }
     let at = start_line(head, header::COOKIE.as_str());
-    for pair in values
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|p| !p.is_empty() && !CookieNames::is_ours(p))
-    {
+    // One pass: the kept pairs are written as they are found.
+    let mut removed = false;
+    for pair in values.iter().flat_map(|v| pairs(v.as_bytes())) {
+        if pair.0.is_empty() {
+            continue;
+        }
+        if CookieNames::is_our_name(pair.name()) {
+            removed = true;
+            continue;
+        }
         if at.has_value(head) {
             head.extend_from_slice(b"; ");
         }
-        head.extend_from_slice(pair.as_bytes());
+        head.extend_from_slice(pair.0);
+    }
+    if !removed && values.iter().nth(1).is_none() {
+        head.truncate(at.line);
+        return line(head, header::COOKIE.as_str(), first.as_bytes());
     }
     end_line(head, at);
 }

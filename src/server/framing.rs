@@ -9,7 +9,8 @@
 //! the whole attack; the gate refuses both outright, with 400 and a close.
 //!
 //! To see them, [`Framing`] follows HTTP/1.1 framing over the stream as it is
-//! read: a request head (parsed with httparse, as hyper does), then its
+//! read: a request head (its lines found as hyper's parser finds them, see
+//! [`scan_head`]), then its
 //! body (a fixed length or chunks and trailers), then the next head. When a
 //! head frames its body ambiguously it records that request's number in the
 //! connection's [`Verdicts`], and the service, which counts the requests it
@@ -17,8 +18,8 @@
 //! cannot follow (the HTTP/2 preface, a head hyper will refuse anyway, the
 //! bytes of an upgraded connection) switches it off for the connection:
 //! hyper's own checks still stand there, and an upgraded connection is
-//! handed no further requests. The cost is one extra httparse pass per
-//! request head; bodies are skipped by counting.
+//! handed no further requests. The cost is one vectorised search per line of
+//! each request head; bodies are skipped by counting.
 
 use std::io;
 use std::pin::Pin;
@@ -142,12 +143,9 @@ impl<I> Framing<I> {
             self.partial
                 .extend_from_slice(&input[..input.len().min(room)]);
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
         let data = if before > 0 { &self.partial[..] } else { input };
-        match req.parse(data) {
-            Ok(httparse::Status::Complete(len)) => {
-                let next = next_state(&req);
+        match scan_head(data) {
+            Ok(Some((len, next))) => {
                 if next == Next::Ambiguous {
                     self.verdicts.ambiguous(self.request);
                 }
@@ -161,7 +159,7 @@ impl<I> Framing<I> {
                 self.partial.clear();
                 len.saturating_sub(before)
             }
-            Ok(httparse::Status::Partial) => {
+            Ok(None) => {
                 if before == 0 {
                     if input.len() >= self.max_head {
                         self.state = State::Off;
@@ -231,43 +229,140 @@ enum Next {
     Chunked,
 }
 
-/// How the body after this head is framed (RFC 9112 §6.3, for requests).
-fn next_state(req: &httparse::Request<'_, '_>) -> Next {
-    let mut lengths = 0usize;
-    let mut length = None;
-    let mut encoded = false;
-    let mut chunked_last = false;
-    for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            lengths += 1;
-            length = std::str::from_utf8(h.value)
+/// Reads a request head at the start of `data`: `Ok(None)` while it is
+/// incomplete, else its length (with any blank lines before it) and how its
+/// body is framed; `Err` for bytes hyper does not serve as a request head.
+///
+/// Not a validating parser: every head hyper accepts (httparse, strict, as
+/// hyper configures it for requests) is read exactly as hyper reads it, and
+/// for anything hyper refuses hyper answers 400 and closes the connection,
+/// so what this makes of it never matters. That lets one vectorised search
+/// for each line end do, instead of a second full parse of every head: a
+/// request line ends with its version; a header line is a name, `:` and a
+/// value, and a valid head has no line break inside a line (no obs-fold in
+/// requests); lines end with CRLF or a bare LF; a blank line ends the head.
+fn scan_head(data: &[u8]) -> Result<Option<(usize, Next)>, ()> {
+    // Blank lines before a request are skipped (RFC 9112 §2.2), as httparse does.
+    let mut at = 0;
+    loop {
+        match data.get(at..) {
+            Some([b'\r', b'\n', ..]) => at += 2,
+            Some([b'\n', ..]) => at += 1,
+            Some([] | [b'\r']) | None => return Ok(None),
+            Some([b'\r', _, ..]) => return Err(()),
+            Some(_) => break,
+        }
+    }
+    // The method, a token, is checked as it arrives: the frames after a
+    // WebSocket upgrade, or any other protocol, switch the watcher off at
+    // once instead of being held as a head that never ends.
+    let rest = &data[at..];
+    let method = &rest[..memchr::memchr(b' ', rest).unwrap_or(rest.len())];
+    if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
+        return Err(());
+    }
+    let Some((request_line, mut at)) = next_line(data, at) else {
+        return Ok(None);
+    };
+    let version = match request_line {
+        [
+            ..,
+            b' ',
+            b'H',
+            b'T',
+            b'T',
+            b'P',
+            b'/',
+            b'1',
+            b'.',
+            minor @ (b'0' | b'1'),
+        ] => minor - b'0',
+        _ => return Err(()),
+    };
+    let mut framing = FramingHeaders::default();
+    let mut count = 0usize;
+    loop {
+        let Some((line, next)) = next_line(data, at) else {
+            return Ok(None);
+        };
+        at = next;
+        if line.is_empty() {
+            return Ok(Some((at, framing.next(version))));
+        }
+        count += 1;
+        if count > MAX_HEADERS {
+            // hyper answers 431.
+            return Err(());
+        }
+        let colon = memchr::memchr(b':', line).ok_or(())?;
+        framing.header(&line[..colon], line[colon + 1..].trim_ascii());
+    }
+}
+
+/// A token character (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The line starting at `from`, without its CRLF or LF, and where the next
+/// one starts; `None` when its end has not arrived.
+fn next_line(data: &[u8], from: usize) -> Option<(&[u8], usize)> {
+    let rest = data.get(from..)?;
+    let end = memchr::memchr(b'\n', rest)?;
+    let line = &rest[..end];
+    Some((line.strip_suffix(b"\r").unwrap_or(line), from + end + 1))
+}
+
+/// The framing headers of one head, as they are read.
+#[derive(Default)]
+struct FramingHeaders {
+    lengths: usize,
+    length: Option<u64>,
+    /// A `Content-Length` that is not one number: a list ("1, 1") or junk.
+    bad_length: Option<Next>,
+    encoded: bool,
+    chunked_last: bool,
+}
+
+impl FramingHeaders {
+    fn header(&mut self, name: &[u8], value: &[u8]) {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            self.lengths += 1;
+            self.length = std::str::from_utf8(value)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok());
-            if length.is_none() {
+            if self.length.is_none() && self.bad_length.is_none() {
                 // "1, 1" and the like are a list of lengths: ambiguous too.
-                return if h.value.contains(&b',') {
+                self.bad_length = Some(if value.contains(&b',') {
                     Next::Ambiguous
                 } else {
                     Next::Unknown
-                };
+                });
             }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            encoded = true;
-            chunked_last = h
-                .value
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.encoded = true;
+            self.chunked_last = value
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         }
     }
-    if lengths > 1 || (lengths == 1 && encoded) {
-        return Next::Ambiguous;
-    }
-    match (encoded, length) {
-        (true, _) if chunked_last && req.version == Some(1) => Next::Chunked,
-        (true, _) => Next::Unknown,
-        (false, Some(0) | None) => Next::Empty,
-        (false, Some(n)) => Next::Fixed(n),
+
+    /// How the body after the head is framed (RFC 9112 §6.3, for requests);
+    /// `minor` is the HTTP/1 minor version.
+    fn next(self, minor: u8) -> Next {
+        if let Some(bad) = self.bad_length {
+            return bad;
+        }
+        if self.lengths > 1 || (self.lengths == 1 && self.encoded) {
+            return Next::Ambiguous;
+        }
+        match (self.encoded, self.length) {
+            (true, _) if self.chunked_last && minor == 1 => Next::Chunked,
+            (true, _) => Next::Unknown,
+            (false, Some(0) | None) => Next::Empty,
+            (false, Some(n)) => Next::Fixed(n),
+        }
     }
 }
 

@@ -80,8 +80,8 @@ impl Sealer {
 
     /// Decrypts a value sealed for `name` under any of the keys; `None` for
     /// anything tampered, truncated, foreign or malformed.
-    pub fn open(&self, name: &str, sealed: &str) -> Option<Vec<u8>> {
-        let raw = URL_SAFE_NO_PAD.decode(sealed.as_bytes()).ok()?;
+    pub fn open(&self, name: &str, sealed: impl AsRef<[u8]>) -> Option<Vec<u8>> {
+        let raw = URL_SAFE_NO_PAD.decode(sealed.as_ref()).ok()?;
         if raw.len() < 1 + NONCE_LEN + TAG_LEN || raw[0] != VERSION {
             return None;
         }
@@ -164,7 +164,7 @@ mod tests {
             let mut raw = URL_SAFE_NO_PAD.decode(&v).unwrap();
             let i = pos.index(raw.len());
             raw[i] ^= flip;
-            prop_assert_eq!(s.open("n", &URL_SAFE_NO_PAD.encode(raw)), None);
+            prop_assert_eq!(s.open("n", URL_SAFE_NO_PAD.encode(raw)), None);
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue};
 
-use super::cookies::{CookieNames, MAX_PARTS, Part, request_cookies};
+use super::cookies::{CookieNames, MAX_PARTS, Part, request_cookie_bytes};
 use super::{Recent, Revocation, Revocations, Sealer, Session, Store, StoreError};
 
 /// Longest value in one cookie; with name and attributes it stays under the
@@ -37,7 +37,7 @@ impl CookieStore {
         self
     }
 
-    fn open(&self, sealed: &str) -> Option<Session> {
+    fn open(&self, sealed: &[u8]) -> Option<Session> {
         let plain = self.sealer.open(self.names.session(), sealed)?;
         serde_json::from_slice(&plain)
             .ok()
@@ -47,9 +47,9 @@ impl CookieStore {
 
 /// The session cookies a request carries, by part; values are bounded before use.
 struct Found<'a> {
-    whole: Option<&'a str>,
+    whole: Option<&'a [u8]>,
     /// `parts[count][index - 1]`.
-    parts: [[Option<&'a str>; MAX_PARTS]; MAX_PARTS + 1],
+    parts: [[Option<&'a [u8]>; MAX_PARTS]; MAX_PARTS + 1],
 }
 
 impl<'a> Found<'a> {
@@ -58,11 +58,15 @@ impl<'a> Found<'a> {
             whole: None,
             parts: [[None; MAX_PARTS]; MAX_PARTS + 1],
         };
-        for (name, value) in request_cookies(headers) {
+        for (name, value) in request_cookie_bytes(headers) {
             if value.len() > PART_MAX + 64 {
                 continue;
             }
-            match names.session_part(name) {
+            // Values stay bytes: a sealed value is base64, which opening checks.
+            match std::str::from_utf8(name)
+                .ok()
+                .and_then(|n| names.session_part(n))
+            {
                 Some(Part::Whole) => f.whole = Some(value),
                 Some(Part::Of { index, count }) => f.parts[count][index - 1] = Some(value),
                 None => {}
@@ -86,7 +90,7 @@ impl<'a> Found<'a> {
 impl CookieStore {
     /// The first sealed value among the request's session cookies (whole,
     /// then split over 2, 3, … parts) that `open` accepts.
-    fn find<T>(&self, headers: &HeaderMap, open: impl Fn(&str) -> Option<T>) -> Option<T> {
+    fn find<T>(&self, headers: &HeaderMap, open: impl Fn(&[u8]) -> Option<T>) -> Option<T> {
         let found = Found::scan(&self.names, headers);
         if let Some(session) = found.whole.and_then(&open) {
             return Some(session);
@@ -98,8 +102,11 @@ impl CookieStore {
                 if total > TOTAL_MAX {
                     continue;
                 }
-                let mut joined = String::with_capacity(total);
-                parts.iter().flatten().for_each(|p| joined.push_str(p));
+                let mut joined = Vec::with_capacity(total);
+                parts
+                    .iter()
+                    .flatten()
+                    .for_each(|p| joined.extend_from_slice(p));
                 if let Some(session) = open(&joined) {
                     return Some(session);
                 }

@@ -59,20 +59,25 @@ impl CookieNames {
     /// writes, in either deployment's spelling, and so never reaches the
     /// upstream. Application cookies that merely start with `ssogate` pass.
     pub fn is_ours(pair_or_name: &str) -> bool {
-        let name = pair_or_name.split('=').next().unwrap_or_default().trim();
-        if name.starts_with("__Host-ssogate-login-")
-            || name.starts_with("__Secure-ssogate-login-")
-            || name.starts_with("ssogate-login-")
+        let b = pair_or_name.as_bytes();
+        let name = memchr::memchr(b'=', b).map_or(b, |at| &b[..at]);
+        Self::is_our_name(name.trim_ascii())
+    }
+
+    /// [`Self::is_ours`] for a cookie name, as bytes.
+    pub fn is_our_name(name: &[u8]) -> bool {
+        if name.starts_with(b"__Host-ssogate-login-")
+            || name.starts_with(b"__Secure-ssogate-login-")
+            || name.starts_with(b"ssogate-login-")
         {
             return true;
         }
         match name
-            .strip_prefix("__Host-ssogate")
-            .or_else(|| name.strip_prefix("ssogate"))
+            .strip_prefix(b"__Host-ssogate")
+            .or_else(|| name.strip_prefix(b"ssogate"))
         {
-            Some("") => true,
-            Some(rest) => {
-                let b = rest.as_bytes();
+            Some([]) => true,
+            Some(b) => {
                 b.len() == 5
                     && b[0] == b'_'
                     && b[1].is_ascii_digit()
@@ -136,19 +141,68 @@ fn digit(b: u8) -> Option<usize> {
     b.is_ascii_digit().then(|| usize::from(b - b'0'))
 }
 
-/// Every `name=value` pair of the request's `Cookie` headers, borrowed, in order.
-/// Pairs that are not valid text or have no `=` are skipped.
-pub fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+/// Every `name=value` pair of the request's `Cookie` headers, borrowed, in
+/// order, as bytes: names and values trimmed of spaces, values of their
+/// quotes; pairs with no `=` or an empty name are skipped. Each pair is read
+/// on its own, so one cookie that is not ASCII (another application's, on
+/// the same site) hides none of the others.
+pub fn request_cookie_bytes(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| pairs(v.as_bytes()))
         .filter_map(|pair| {
-            let (name, value) = pair.split_once('=')?;
-            let name = name.trim();
-            (!name.is_empty()).then(|| (name, value.trim().trim_matches('"')))
+            let (name, value) = pair.split()?;
+            (!name.is_empty()).then_some((name, value))
         })
+}
+
+/// [`request_cookie_bytes`], for pairs whose name and value are UTF-8.
+pub fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    request_cookie_bytes(headers).filter_map(|(name, value)| {
+        Some((
+            std::str::from_utf8(name).ok()?,
+            std::str::from_utf8(value).ok()?,
+        ))
+    })
+}
+
+/// One `;`-separated piece of a `Cookie` header, trimmed of spaces (maybe
+/// empty, maybe without `=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pair<'a>(pub &'a [u8]);
+
+impl<'a> Pair<'a> {
+    /// Name and value (the value without its quotes), if there is an `=`.
+    pub fn split(self) -> Option<(&'a [u8], &'a [u8])> {
+        let at = memchr::memchr(b'=', self.0)?;
+        let value = self.0[at + 1..].trim_ascii();
+        let unquoted = match value {
+            [b'"', inner @ .., b'"'] => inner,
+            v => v,
+        };
+        Some((self.0[..at].trim_ascii(), unquoted))
+    }
+
+    /// The cookie's name (all of it when there is no `=`).
+    pub fn name(self) -> &'a [u8] {
+        memchr::memchr(b'=', self.0).map_or(self.0, |at| self.0[..at].trim_ascii())
+    }
+}
+
+/// The pieces of one `Cookie` header value, found with a vectorised search
+/// for `;` (a session cookie is kilobytes long, and every request has one).
+pub fn pairs(value: &[u8]) -> impl Iterator<Item = Pair<'_>> {
+    let mut rest = Some(value);
+    std::iter::from_fn(move || {
+        let v = rest?;
+        let (piece, after) = match memchr::memchr(b';', v) {
+            Some(at) => (&v[..at], Some(&v[at + 1..])),
+            None => (v, None),
+        };
+        rest = after;
+        Some(Pair(piece.trim_ascii()))
+    })
 }
 
 #[cfg(test)]
@@ -192,6 +246,50 @@ mod tests {
         h.append(header::COOKIE, HeaderValue::from_static("c=3"));
         let got: Vec<_> = request_cookies(&h).collect();
         assert_eq!(got, vec![("a", "1"), ("b", "2"), ("c", "3")]);
+    }
+
+    #[test]
+    fn a_cookie_that_is_not_ascii_hides_none_of_the_others() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"theme=gr\xfcn; ssogate=sealed; lang=d\xc3\xa9").unwrap(),
+        );
+        let got: Vec<_> = request_cookies(&h).collect();
+        // Not UTF-8: left out; UTF-8 but not ASCII: kept.
+        assert_eq!(got, vec![("ssogate", "sealed"), ("lang", "dé")]);
+        let bytes: Vec<_> = request_cookie_bytes(&h).map(|(n, _)| n).collect();
+        assert_eq!(bytes, vec![&b"theme"[..], b"ssogate", b"lang"]);
+    }
+
+    #[test]
+    fn pairs_are_split_and_trimmed_as_browsers_send_them() {
+        let got: Vec<_> = pairs(b" a=1 ;b = \"two\" ;; c ;=x;d=\"").collect();
+        assert_eq!(
+            got,
+            vec![
+                Pair(b"a=1"),
+                Pair(b"b = \"two\""),
+                Pair(b""),
+                Pair(b"c"),
+                Pair(b"=x"),
+                Pair(b"d=\""),
+            ]
+        );
+        let split: Vec<_> = got.iter().map(|p| p.split()).collect();
+        assert_eq!(
+            split,
+            vec![
+                Some((&b"a"[..], &b"1"[..])),
+                Some((&b"b"[..], &b"two"[..])),
+                None,
+                None,
+                Some((&b""[..], &b"x"[..])),
+                Some((&b"d"[..], &b"\""[..])),
+            ]
+        );
+        assert_eq!(Pair(b"c").name(), b"c");
+        assert_eq!(Pair(b"n =v").name(), b"n");
     }
 
     #[test]

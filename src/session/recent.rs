@@ -30,18 +30,18 @@ impl std::fmt::Debug for Recent {
 
 impl Recent {
     /// The session opened from exactly `sealed`, if it is the one remembered.
-    pub fn get(&self, sealed: &str) -> Option<Arc<Session>> {
+    pub fn get(&self, sealed: &[u8]) -> Option<Arc<Session>> {
         let last = self.last.try_lock().ok()?;
         let (value, session) = last.as_ref()?;
         // Constant time: through a proxy that pools connections, the value
         // remembered may be another user's cookie.
-        same(value, sealed.as_bytes()).then(|| session.clone())
+        same(value, sealed).then(|| session.clone())
     }
 
     /// Remembers `session` as opened from `sealed`.
-    pub fn put(&self, sealed: &str, session: &Arc<Session>) {
+    pub fn put(&self, sealed: &[u8], session: &Arc<Session>) {
         if let Ok(mut last) = self.last.try_lock() {
-            *last = Some((sealed.as_bytes().into(), session.clone()));
+            *last = Some((sealed.into(), session.clone()));
         }
     }
 }
@@ -107,14 +107,14 @@ mod tests {
     #[test]
     fn only_the_exact_value_remembered_answers() {
         let r = Recent::default();
-        assert!(r.get("abc").is_none());
-        r.put("abc", &session("alice"));
-        assert_eq!(r.get("abc").unwrap().identity.sub, "alice");
-        for other in ["abd", "ab", "abcd", ""] {
+        assert!(r.get(b"abc").is_none());
+        r.put(b"abc", &session("alice"));
+        assert_eq!(r.get(b"abc").unwrap().identity.sub, "alice");
+        for other in [&b"abd"[..], b"ab", b"abcd", b""] {
             assert!(r.get(other).is_none(), "{other:?}");
         }
-        r.put("xyz", &session("bob"));
-        assert!(r.get("abc").is_none(), "replaced");
-        assert_eq!(r.get("xyz").unwrap().identity.sub, "bob");
+        r.put(b"xyz", &session("bob"));
+        assert!(r.get(b"abc").is_none(), "replaced");
+        assert_eq!(r.get(b"xyz").unwrap().identity.sub, "bob");
     }
 }

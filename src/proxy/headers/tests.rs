@@ -151,6 +151,23 @@ fn gate_cookies_are_removed_and_app_cookies_kept_in_one_header() {
 }
 
 #[test]
+fn a_cookie_that_is_not_ascii_goes_on_and_the_gates_still_does_not() {
+    let mut h = HeaderMap::new();
+    h.append(
+        header::COOKIE,
+        HeaderValue::from_bytes(b"theme=gr\xfcn; __Host-ssogate=secret; b=2").unwrap(),
+    );
+    let mut head = Vec::new();
+    to_upstream(&h, &outbound(&HTTPS, &G, None, false), &mut head);
+    let cookie_lines: Vec<&[u8]> = head
+        .split(|&b| b == b'\n')
+        .filter(|l| l.starts_with(b"cookie: "))
+        .collect();
+    assert_eq!(cookie_lines, [&b"cookie: theme=gr\xfcn; b=2\r"[..]]);
+    assert!(!head.windows(6).any(|w| w == b"secret"));
+}
+
+#[test]
 fn claims_become_headers_and_hostile_values_are_dropped() {
     let id = Identity {
         sub: "alice".into(),

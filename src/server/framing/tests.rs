@@ -180,3 +180,132 @@ proptest::proptest! {
         proptest::prop_assert_eq!(seen, expected);
     }
 }
+
+/// How the body after a head httparse read is framed, worked out from
+/// httparse's own headers: the oracle [`scan_head`] must agree with.
+fn oracle(req: &httparse::Request<'_, '_>) -> Next {
+    let mut framing = FramingHeaders::default();
+    for h in req.headers.iter() {
+        framing.header(h.name.as_bytes(), h.value);
+    }
+    framing.next(req.version.unwrap_or(0))
+}
+
+/// The pieces generated heads are made of: good, odd and broken lines.
+const LINES: &[&[u8]] = &[
+    b"Host: x",
+    b"Content-Length: 5",
+    b"content-length:  7 ",
+    b"CONTENT-LENGTH:\t0",
+    b"Content-Length: 1, 1",
+    b"Content-Length: x",
+    b"Content-Length : 5",
+    b"Transfer-Encoding: chunked",
+    b"transfer-encoding: gzip, chunked",
+    b"Transfer-Encoding: gzip",
+    b"Transfer-Encoding: chunked, gzip",
+    b"X-A: v:w",
+    b"X-B:",
+    b"X-C: \xfc\xfd",
+    b"Bad Header",
+    b" folded",
+    b": no name",
+    b"X-D: a\rb",
+    b"",
+];
+
+const REQUEST_LINES: &[&[u8]] = &[
+    b"GET /x HTTP/1.1",
+    b"POST / HTTP/1.0",
+    b"OPTIONS * HTTP/1.1",
+    b"GET /x HTTP/2.0",
+    b"GET  /x HTTP/1.1",
+    b"G\x01T / HTTP/1.1",
+    b"GET /x",
+    b"PRI * HTTP/2.0",
+];
+
+fn generated_head(blank: &[bool], start: usize, lines: &[(usize, bool)], tail: &[u8]) -> Vec<u8> {
+    let mut head = Vec::new();
+    for crlf in blank {
+        head.extend_from_slice(if *crlf { b"\r\n" } else { b"\n" });
+    }
+    head.extend_from_slice(REQUEST_LINES[start % REQUEST_LINES.len()]);
+    head.extend_from_slice(b"\r\n");
+    for (i, crlf) in lines {
+        head.extend_from_slice(LINES[i % LINES.len()]);
+        head.extend_from_slice(if *crlf { b"\r\n" } else { b"\n" });
+    }
+    head.extend_from_slice(tail);
+    head
+}
+
+/// [`scan_head`] against httparse, as hyper configures it for requests.
+fn agrees_with_httparse(data: &[u8]) -> Result<(), String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let scanned = scan_head(data);
+    match req.parse(data) {
+        Ok(httparse::Status::Complete(len)) => {
+            let expected = Ok(Some((len, oracle(&req))));
+            if scanned == expected {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{data:?}: scanned {scanned:?}, httparse {expected:?}"
+                ))
+            }
+        }
+        // hyper waits for more: so must the watcher, or it would stop
+        // following a connection hyper goes on serving.
+        Ok(httparse::Status::Partial) if scanned != Ok(None) => Err(format!(
+            "{data:?}: scanned {scanned:?}, httparse wants more"
+        )),
+        // hyper refuses the head and closes: any answer will do.
+        _ => Ok(()),
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    /// Every head httparse reads completely is read to the same length and
+    /// framing; every head it wants more of, the watcher waits for too.
+    #[test]
+    fn the_scanner_reads_every_head_as_httparse_does(
+        blank in proptest::collection::vec(proptest::bool::ANY, 0..3),
+        start in 0usize..8,
+        lines in proptest::collection::vec((0usize..19, proptest::bool::ANY), 0..8),
+        tail in proptest::collection::vec(proptest::sample::select(&b"\r\nab: 0"[..]), 0..6),
+        cut in 0usize..400,
+    ) {
+        let head = generated_head(&blank, start, &lines, &tail);
+        // The whole of it, and every prefix a read could end at.
+        proptest::prop_assert_eq!(agrees_with_httparse(&head), Ok(()));
+        proptest::prop_assert_eq!(agrees_with_httparse(&head[..cut.min(head.len())]), Ok(()));
+    }
+
+    #[test]
+    fn the_scanner_agrees_with_httparse_on_arbitrary_bytes(
+        data in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+    ) {
+        proptest::prop_assert_eq!(agrees_with_httparse(&data), Ok(()));
+    }
+}
+
+#[test]
+fn the_scanner_reads_blank_lines_versions_and_line_ends_as_httparse_does() {
+    for head in [
+        &b"\r\n\nGET / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"[..],
+        b"GET / HTTP/1.1\nTransfer-Encoding: chunked\n\n",
+        b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: a\r\n\n",
+        b"GET / HTTP/1.1\r\n\r",
+        b"\r",
+        b"\rX",
+        b"GET",
+        b"GET / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+    ] {
+        assert_eq!(agrees_with_httparse(head), Ok(()), "{head:?}");
+    }
+}

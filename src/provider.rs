@@ -6,6 +6,7 @@
 //! further variants of [`Config`], registered in one [`Registry`].
 
 pub mod oidc;
+pub mod recent_bearer;
 
 use std::sync::Arc;
 
@@ -77,12 +78,31 @@ pub enum Bearer {
         /// Shared with the cache of verified tokens: a repeat costs no copy.
         identity: std::sync::Arc<Identity>,
         expires_at: u64,
+        /// Until when this answer may be reused without checking the
+        /// token again (its expiry with the leeway, and an age limit); key
+        /// changes ([`keys_epoch`]) end it sooner.
+        until: u64,
     },
     /// Signed with a key the option does not know (yet): reload keys, try again.
     UnknownKey,
     Invalid(String),
     /// This option does not accept bearer tokens.
     NotAccepted,
+}
+
+/// Counts changes of any option's signing keys (a reload or a rediscovery),
+/// so an answer remembered outside an option's own cache of verified tokens
+/// (see [`recent_bearer`]) ends with the keys it was checked with.
+static KEYS_EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The current key epoch: read it before checking a token.
+pub fn keys_epoch() -> u64 {
+    KEYS_EPOCH.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Called by an option once it has new signing keys in place.
+pub fn keys_changed() {
+    KEYS_EPOCH.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
 }
 
 /// New tokens from a refresh.

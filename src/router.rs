@@ -17,6 +17,7 @@ use crate::gate::{self, Credential, Decision, Policy};
 use crate::identity::Identity;
 use crate::lifecycle::{self, Checked};
 use crate::live::Live;
+use crate::provider::recent_bearer::RecentBearer;
 use crate::provider::{Bearer, Registry};
 use crate::proxy::{Forward, Proxy, upgrade};
 use crate::respond::{self, Body, Failure};
@@ -54,6 +55,8 @@ pub struct ClientConn {
     peer_value: http::HeaderValue,
     /// The session this connection showed last.
     recent: Recent,
+    /// The bearer token this connection showed last.
+    recent_bearer: RecentBearer,
     /// The upstream connection its last request used.
     upstream: Arc<crate::proxy::pool::Slot>,
 }
@@ -67,6 +70,7 @@ impl ClientConn {
             peer_value: http::HeaderValue::from_str(&ip.to_string())
                 .unwrap_or(http::HeaderValue::from_static("unknown")),
             recent: Recent::default(),
+            recent_bearer: RecentBearer::default(),
             upstream: Arc::default(),
         }
     }
@@ -219,13 +223,15 @@ async fn route(state: &Arc<State>, mut req: Request<Incoming>, cx: &Context<'_>)
         return with_session(state, req, cx, session, navigation, now).await;
     }
     let (credential, identity) = match bearer_token(req.headers()) {
-        Some(token) => match verify_bearer(&state.registry, token, now).await {
-            Some((identity, expires_at)) => (
-                Credential::Bearer { expires_at },
-                Some((identity, expires_at)),
-            ),
-            None => (Credential::InvalidBearer, None),
-        },
+        Some(token) => {
+            match verify_bearer_recent(state, token, now, &cx.conn.recent_bearer).await {
+                Some((identity, expires_at)) => (
+                    Credential::Bearer { expires_at },
+                    Some((identity, expires_at)),
+                ),
+                None => (Credential::InvalidBearer, None),
+            }
+        }
         None => (Credential::None, None),
     };
     match (
@@ -414,13 +420,31 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// [`verify_bearer`], answered from the connection's memo when it shows
+/// the token it showed last (see [`RecentBearer`]).
+async fn verify_bearer_recent(
+    state: &State,
+    token: &str,
+    now: u64,
+    recent: &RecentBearer,
+) -> Option<(Arc<Identity>, u64)> {
+    if let Some(found) = recent.get(token.as_bytes(), now) {
+        return Some(found);
+    }
+    let epoch = crate::provider::keys_epoch();
+    let (identity, expires_at, until) = verify_bearer(&state.registry, token, now).await?;
+    recent.put(token.as_bytes(), &identity, expires_at, until, epoch);
+    Some((identity, expires_at))
+}
+
 /// Checks a bearer token with every option that accepts them; an unknown
-/// key id triggers one (rate-limited) key reload and a second look.
+/// key id triggers one (rate-limited) key reload and a second look. Gives
+/// the identity, the token's expiry and until when the answer may be reused.
 pub async fn verify_bearer(
     registry: &Registry,
     token: &str,
     now: u64,
-) -> Option<(Arc<Identity>, u64)> {
+) -> Option<(Arc<Identity>, u64, u64)> {
     for option in registry.iter() {
         let mut outcome = option.verify_bearer(token, now);
         if matches!(outcome, Bearer::UnknownKey) {
@@ -431,7 +455,8 @@ pub async fn verify_bearer(
             Bearer::Valid {
                 identity,
                 expires_at,
-            } => return Some((identity, expires_at)),
+                until,
+            } => return Some((identity, expires_at, until)),
             Bearer::Invalid(reason) => {
                 tracing::debug!(option = option.id(), %reason, "bearer token refused")
             }

@@ -7,7 +7,7 @@ mod codec;
 mod cookie_store;
 pub mod cookies;
 mod login_state;
-mod recent;
+pub(crate) mod recent;
 pub mod refresh;
 pub mod revocation;
 

@@ -133,6 +133,7 @@ async fn load_forever(inner: Arc<Inner>) {
             Ok(loaded) => {
                 tracing::info!(%issuer, keys = loaded.keys.len(), "identity provider loaded");
                 inner.loaded.store(Some(Arc::new(loaded)));
+                super::keys_changed();
                 break;
             }
             Err(e) => {
@@ -146,7 +147,10 @@ async fn load_forever(inner: Arc<Inner>) {
     loop {
         tokio::time::sleep(REDISCOVER_EVERY).await;
         match discovery::discover(&inner.settings, &inner.http, &inner.redirect_uri).await {
-            Ok(loaded) => inner.loaded.store(Some(Arc::new(loaded))),
+            Ok(loaded) => {
+                inner.loaded.store(Some(Arc::new(loaded)));
+                super::keys_changed();
+            }
             Err(e) => {
                 tracing::warn!(%issuer, error = %e, "periodic rediscovery failed; keeping the loaded provider")
             }
@@ -365,6 +369,7 @@ impl LoginOption for Oidc {
                     "signing keys reloaded after an unknown key id"
                 );
                 self.inner.loaded.store(Some(Arc::new(loaded)));
+                super::keys_changed();
             }
             Err(e) => tracing::warn!(error = %e, "signing key reload failed"),
         }

@@ -43,7 +43,9 @@ pub async fn userinfo(state: &State, req: &Request<Incoming>) -> Response<Body> 
     let found = match from_session {
         Some(found) => Some(found),
         None => match bearer_token(req.headers()) {
-            Some(token) => verify_bearer(&state.registry, token, now).await,
+            Some(token) => verify_bearer(&state.registry, token, now)
+                .await
+                .map(|(id, expires_at, _)| (id, expires_at)),
             None => None,
         },
     };

@@ -50,7 +50,7 @@ impl Recent {
 /// bytes at a time, all differences folded together, no early exit (the
 /// `subtle` crate's byte-wise comparison costs about 2 ns a byte, this about
 /// a tenth of that).
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub fn same(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

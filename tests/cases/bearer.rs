@@ -114,6 +114,50 @@ async fn a_valid_bearer_token_is_forwarded_with_its_identity() {
     );
 }
 
+/// One connection, several tokens in turn (as through a proxy that pools
+/// connections): the connection remembers the token it verified last, and
+/// that memo must answer for exactly that token and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_connection_every_token_is_judged_as_itself() {
+    let w = World::start().await;
+    let (alice, bob) = (token(&w.idp, "alice"), token(&w.idp, "bob"));
+    let api = w.api();
+    let turns = [
+        (&alice, Some("alice")),
+        (&alice, Some("alice")),
+        (&tampered(&alice), None),
+        (&bob, Some("bob")),
+        (&alice, Some("alice")),
+        (&tampered(&bob), None),
+        (&bob, Some("bob")),
+    ];
+    for (i, (token, user)) in turns.iter().enumerate() {
+        let before = w.upstream.requests().len();
+        let resp = api
+            .get(w.url("/api/me"))
+            .bearer_auth(token)
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .unwrap();
+        match user {
+            Some(user) => {
+                assert_eq!(resp.status(), 200, "turn {i}");
+                let seen = w.upstream.last_request().expect("forwarded");
+                assert_eq!(seen.header_all("x-forwarded-user"), vec![*user], "turn {i}");
+            }
+            None => {
+                assert_eq!(resp.status(), 401, "turn {i}");
+                assert_eq!(
+                    w.upstream.requests().len(),
+                    before,
+                    "turn {i} reached the upstream"
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn userinfo_answers_for_a_valid_bearer_token() {
     let w = World::start().await;

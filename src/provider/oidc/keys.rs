@@ -201,18 +201,21 @@ impl KeySet {
         }
         let now = crate::clock::now();
         let key = Verified::key(token);
-        if let Some((identity, expires_at)) = self.verified.get(&key, now) {
+        if let Some((identity, expires_at, until)) = self.verified.get(&key, now) {
             return Bearer::Valid {
                 identity,
                 expires_at,
+                until,
             };
         }
-        let outcome = self.verify_signed(token);
+        let mut outcome = self.verify_signed(token);
         if let Bearer::Valid {
             identity,
             expires_at,
-        } = &outcome
+            until,
+        } = &mut outcome
         {
+            *until = self.verified.until(*expires_at, now);
             self.verified.put(key, identity, *expires_at, now);
         }
         outcome
@@ -242,6 +245,8 @@ impl KeySet {
                     preferred_username: c.preferred_username,
                 }),
                 expires_at: c.exp,
+                // Set by `verify`, which knows when it checked.
+                until: 0,
             },
             Err(KeyError::UnknownKey) => Bearer::UnknownKey,
             Err(KeyError::Invalid(reason)) => Bearer::Invalid(reason),

@@ -52,18 +52,26 @@ impl Verified {
         &self.shards[usize::from(key[0]) % SHARDS]
     }
 
-    /// The identity and expiry of a token verified before, if still good at `now`.
-    pub fn get(&self, key: &Key, now: u64) -> Option<(Arc<Identity>, u64)> {
+    /// The identity, expiry and [`Self::until`] of a token verified before,
+    /// if still good at `now`.
+    pub fn get(&self, key: &Key, now: u64) -> Option<(Arc<Identity>, u64, u64)> {
         let shard = self.shard(key).lock().ok()?;
         let e = shard.get(key).filter(|e| now < e.until)?;
-        Some((e.identity.clone(), e.expires_at))
+        Some((e.identity.clone(), e.expires_at, e.until))
+    }
+
+    /// Until when a token expiring at `expires_at`, verified at `now`, may
+    /// be answered without a fresh check: its expiry plus the leeway, and
+    /// at most [`MAX_AGE_SECS`].
+    pub fn until(&self, expires_at: u64, now: u64) -> u64 {
+        expires_at
+            .saturating_add(self.leeway)
+            .min(now.saturating_add(MAX_AGE_SECS))
     }
 
     /// Remembers a token that just verified.
     pub fn put(&self, key: Key, identity: &Arc<Identity>, expires_at: u64, now: u64) {
-        let until = expires_at
-            .saturating_add(self.leeway)
-            .min(now.saturating_add(MAX_AGE_SECS));
+        let until = self.until(expires_at, now);
         let Ok(mut shard) = self.shard(&key).lock() else {
             return;
         };
@@ -101,8 +109,8 @@ mod tests {
         let k = Verified::key("a.b.c");
         v.put(k, &id("alice"), 1_000, 900);
         assert_eq!(
-            v.get(&k, 950).map(|(i, e)| (i.sub.clone(), e)),
-            Some(("alice".into(), 1_000))
+            v.get(&k, 950).map(|(i, e, u)| (i.sub.clone(), e, u)),
+            Some(("alice".into(), 1_000, 1_060))
         );
         let (a, b) = (v.get(&k, 950).unwrap().0, v.get(&k, 950).unwrap().0);
         assert!(Arc::ptr_eq(&a, &b), "shared, not copied");

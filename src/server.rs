@@ -47,6 +47,7 @@ macro_rules! write_through {
 }
 pub(crate) use write_through;
 
+mod balance;
 mod first_bytes;
 mod framing;
 pub mod tls;
@@ -59,10 +60,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use self::balance::{Balance, Handoff, Lane, Load};
 use self::first_bytes::FirstBytes;
 use self::framing::{Framing, Verdicts};
 use crate::router::{self, AmbiguousFraming, ClientConn, State};
@@ -133,20 +135,19 @@ pub async fn serve(
             == tokio::runtime::RuntimeFlavor::CurrentThread;
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     if !per_core {
-        return accept(listener, tls, state, settings, slots, shutdown).await;
+        return accept(listener, tls, state, settings, slots, shutdown, None).await;
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (balance, mut inboxes) = Balance::new(settings.threads);
     let mut done = Vec::new();
     for n in 1..settings.threads {
-        match worker(
-            n,
-            &listener,
-            &tls,
-            &state,
-            &settings,
-            &slots,
-            stopped.clone(),
-        ) {
+        let lane = Lane {
+            me: n,
+            balance: balance.clone(),
+            inbox: inboxes.remove(1),
+        };
+        let serving = (tls.clone(), state.clone(), settings.clone(), slots.clone());
+        match worker(n, &listener, serving, stopped.clone(), lane) {
             Ok(finished) => done.push(finished),
             Err(e) => {
                 tracing::warn!(error = %e, thread = n, "cannot start a serving thread; serving on fewer")
@@ -157,7 +158,12 @@ pub async fn serve(
         shutdown.await;
         let _ = stop.send(true);
     };
-    accept(listener, tls, state, settings, slots, shutdown).await;
+    let lane = Lane {
+        me: 0,
+        balance,
+        inbox: inboxes.remove(0),
+    };
+    accept(listener, tls, state, settings, slots, shutdown, Some(lane)).await;
     for finished in done {
         let _ = finished.await;
     }
@@ -168,11 +174,9 @@ pub async fn serve(
 fn worker(
     n: usize,
     listener: &TcpListener,
-    tls: &Option<TlsAcceptor>,
-    state: &Arc<State>,
-    settings: &Settings,
-    slots: &Arc<Semaphore>,
+    (tls, state, settings, slots): (Option<TlsAcceptor>, Arc<State>, Settings, Arc<Semaphore>),
     mut stopped: tokio::sync::watch::Receiver<bool>,
+    lane: Lane,
 ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
     use std::os::fd::AsFd as _;
     let socket = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
@@ -180,8 +184,6 @@ fn worker(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (tls, state, settings, slots) =
-        (tls.clone(), state.clone(), settings.clone(), slots.clone());
     let (finished, done) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(format!("ssogate-{n}"))
@@ -193,7 +195,7 @@ fn worker(
                         let stop = async move {
                             let _ = stopped.wait_for(|s| *s).await;
                         };
-                        accept(listener, tls, state, settings, slots, stop).await;
+                        accept(listener, tls, state, settings, slots, stop, Some(lane)).await;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, thread = n, "serving thread cannot listen")
@@ -206,7 +208,9 @@ fn worker(
     Ok(done)
 }
 
-/// One accept loop: serves until `shutdown` resolves, then drains.
+/// One accept loop: serves until `shutdown` resolves, then drains. With a
+/// [`Lane`], it also serves the connections other threads hand it, and
+/// hands on those it accepts while it serves more than another thread.
 async fn accept(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -214,12 +218,25 @@ async fn accept(
     settings: Settings,
     slots: Arc<Semaphore>,
     shutdown: impl Future<Output = ()>,
+    mut lane: Option<Lane>,
 ) {
-    let builder = Arc::new(builder(&settings));
-    let graceful = GracefulShutdown::new();
+    let conns = Conns {
+        builder: Arc::new(builder(&settings)),
+        graceful: GracefulShutdown::new(),
+        state,
+        tls,
+        header_read_timeout: settings.header_read_timeout,
+        max_head: settings.max_header_bytes,
+    };
     let mut refused: u64 = 0;
     tokio::pin!(shutdown);
     loop {
+        let handed = async {
+            match lane.as_mut() {
+                Some(lane) => lane.inbox.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -230,6 +247,13 @@ async fn accept(
                     continue;
                 }
             },
+            Some(Handoff { stream, peer, slot, load }) = handed => {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => conns.serve(stream, peer, slot, load),
+                    Err(e) => tracing::debug!(%peer, error = %e, "cannot take a handed-on connection"),
+                }
+                continue;
+            }
             () = &mut shutdown => break,
         };
         // Over the limit the connection is closed at once: queueing it would
@@ -247,16 +271,53 @@ async fn accept(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
-        // Bounds the TLS handshake and then the wait for the first bytes
-        // (hyper's HTTP/1 header timer only starts once the protocol is known).
-        let handshake_timeout = settings.header_read_timeout;
-        let max_head = settings.max_header_bytes;
+        match &lane {
+            Some(lane) => lane.place(stream, peer, slot, &conns),
+            None => conns.serve(stream, peer, slot, None),
+        }
+    }
+    drop(listener);
+    tracing::info!(
+        open_connections = conns.graceful.count(),
+        "shutting down: draining in-flight requests"
+    );
+    tokio::select! {
+        () = conns.graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(settings.shutdown_grace) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+    }
+}
+
+/// What serving a connection on this thread needs.
+struct Conns {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: GracefulShutdown,
+    state: Arc<State>,
+    tls: Option<TlsAcceptor>,
+    /// Bounds the TLS handshake and then the wait for the first bytes
+    /// (hyper's HTTP/1 header timer only starts once the protocol is known).
+    header_read_timeout: Duration,
+    max_head: usize,
+}
+
+impl Conns {
+    /// Serves one connection in a task of this thread; `load` counts it on
+    /// its thread for as long as it is open.
+    fn serve(
+        &self,
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        load: Option<Load>,
+    ) {
+        let state = self.state.clone();
+        let builder = self.builder.clone();
+        let watcher = self.graceful.watcher();
+        let tls = self.tls.clone();
+        let handshake_timeout = self.header_read_timeout;
+        let max_head = self.max_head;
         tokio::spawn(async move {
             let _slot = slot;
+            let _load = load;
             let verdicts = Arc::new(Verdicts::default());
             let seen = verdicts.clone();
             let client = Arc::new(ClientConn::new(peer));
@@ -307,14 +368,5 @@ async fn accept(
                 }
             }
         });
-    }
-    drop(listener);
-    tracing::info!(
-        open_connections = graceful.count(),
-        "shutting down: draining in-flight requests"
-    );
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(settings.shutdown_grace) => tracing::warn!("shutdown grace period over; closing remaining connections"),
     }
 }

@@ -288,6 +288,49 @@ async fn served_connection(port: u16) -> Option<TcpStream> {
     buf[..n].starts_with(b"HTTP/1.1 200").then_some(s)
 }
 
+/// A burst of connections, as from a client opening its pool: whichever
+/// thread accepts them, the ones handed on to less loaded threads are
+/// served there, each keeps being served on its own thread (a second
+/// request on every one), and nothing is lost on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_connections_spread_over_the_threads_is_served_throughout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = unauthenticated(&upstream.url);
+    env.push(("CT_WORKER_THREADS".into(), "3".into()));
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let gate = Served::start(dir.path(), env, false, &client).await;
+    let port = gate.port;
+    let burst = (0..30).map(|_| tokio::spawn(served_connection(port)));
+    let mut held = Vec::new();
+    for (i, conn) in burst.enumerate() {
+        let conn = conn.await.unwrap();
+        held.push(
+            conn.unwrap_or_else(|| panic!("connection {i} was not served:\n{}", gate.output())),
+        );
+    }
+    for (i, s) in held.iter_mut().enumerate() {
+        let req = format!("GET /app/again HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("connection {i}: no second answer"))
+            .unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "connection {i}: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        30,
+        "every second request reached the upstream once"
+    );
+}
+
 /// With several serving threads (one runtime each, accepting from one
 /// socket), requests are served, `CT_MAX_CONNECTIONS` bounds them all
 /// together, and SIGTERM stops every thread with exit 0.

@@ -67,6 +67,7 @@ use tokio_rustls::TlsAcceptor;
 use self::balance::{Balance, Handoff, Lane, Load};
 use self::first_bytes::FirstBytes;
 use self::framing::{Framing, Verdicts};
+pub use self::framing::{follow_for_fuzzing, scan_for_fuzzing};
 use crate::router::{self, AmbiguousFraming, ClientConn, State};
 
 /// Headers accepted in one HTTP/1.1 request (431 beyond).

@@ -366,6 +366,53 @@ impl FramingHeaders {
     }
 }
 
+/// [`scan_head`] against httparse, as hyper configures it for requests (for
+/// the property tests and the `framing` fuzz target): wherever httparse
+/// reads a complete head, the scanner must read it to the same length and
+/// framing (worked out from httparse's own headers); wherever httparse wants
+/// more, the scanner must wait too, or the watcher would stop following a
+/// connection hyper goes on serving. Where httparse refuses, hyper answers
+/// 400 and closes, so any answer will do.
+#[doc(hidden)]
+pub fn scan_for_fuzzing(data: &[u8]) -> Result<(), String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let scanned = scan_head(data);
+    match req.parse(data) {
+        Ok(httparse::Status::Complete(len)) => {
+            let mut framing = FramingHeaders::default();
+            for h in req.headers.iter() {
+                framing.header(h.name.as_bytes(), h.value);
+            }
+            let expected = Ok(Some((len, framing.next(req.version.unwrap_or(0)))));
+            if scanned == expected {
+                Ok(())
+            } else {
+                Err(format!("scanned {scanned:?}, httparse {expected:?}"))
+            }
+        }
+        Ok(httparse::Status::Partial) if scanned != Ok(None) => {
+            Err(format!("scanned {scanned:?}, httparse wants more"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The watcher fed `reads` in turn (for the `framing` fuzz target): how
+/// many request heads it followed, and the verdict on each of them.
+#[doc(hidden)]
+pub fn follow_for_fuzzing(reads: &[&[u8]], max_head: usize) -> (u64, Vec<bool>) {
+    let verdicts = std::sync::Arc::new(Verdicts::default());
+    let mut watcher = Framing::new((), max_head, verdicts.clone());
+    for read in reads {
+        watcher.feed(read);
+    }
+    let seen = (0..watcher.request.min(64))
+        .map(|_| verdicts.next_is_ambiguous())
+        .collect();
+    (watcher.request, seen)
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for Framing<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -181,16 +181,6 @@ proptest::proptest! {
     }
 }
 
-/// How the body after a head httparse read is framed, worked out from
-/// httparse's own headers: the oracle [`scan_head`] must agree with.
-fn oracle(req: &httparse::Request<'_, '_>) -> Next {
-    let mut framing = FramingHeaders::default();
-    for h in req.headers.iter() {
-        framing.header(h.name.as_bytes(), h.value);
-    }
-    framing.next(req.version.unwrap_or(0))
-}
-
 /// The pieces generated heads are made of: good, odd and broken lines.
 const LINES: &[&[u8]] = &[
     b"Host: x",
@@ -240,30 +230,8 @@ fn generated_head(blank: &[bool], start: usize, lines: &[(usize, bool)], tail: &
     head
 }
 
-/// [`scan_head`] against httparse, as hyper configures it for requests.
 fn agrees_with_httparse(data: &[u8]) -> Result<(), String> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let scanned = scan_head(data);
-    match req.parse(data) {
-        Ok(httparse::Status::Complete(len)) => {
-            let expected = Ok(Some((len, oracle(&req))));
-            if scanned == expected {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{data:?}: scanned {scanned:?}, httparse {expected:?}"
-                ))
-            }
-        }
-        // hyper waits for more: so must the watcher, or it would stop
-        // following a connection hyper goes on serving.
-        Ok(httparse::Status::Partial) if scanned != Ok(None) => Err(format!(
-            "{data:?}: scanned {scanned:?}, httparse wants more"
-        )),
-        // hyper refuses the head and closes: any answer will do.
-        _ => Ok(()),
-    }
+    scan_for_fuzzing(data)
 }
 
 proptest::proptest! {

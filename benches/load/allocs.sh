@@ -20,13 +20,8 @@ if (($# == 0)); then
   build_gate
   set -- "$GATE_BIN"
 fi
-# The gates run in $WORK: absolute paths.
-bins=()
-for b in "$@"; do
-  [[ -x $b ]] || die "$b is not an executable"
-  bins+=("$(realpath "$b")")
-done
-set -- "${bins[@]}"
+gate_binaries "$@"
+set -- "${BINS[@]}"
 LIBC=$(ldd "$1" | awk '/libc\.so/ {print $3}')
 [[ -n $LIBC ]] || die "cannot find the libc $1 uses"
 for f in malloc realloc; do
@@ -34,11 +29,7 @@ for f in malloc realloc; do
   perf probe -q -x "$LIBC" "$f" || die "perf probe on $LIBC $f failed (root and uprobes are needed)"
 done
 
-read -r UP_PORT < <(free_ports 1)
-start_upstream "$UP_PORT"
-mapfile -t PORTS < <(free_ports "$#" | tr ' ' '\n')
-callbacks=$(printf 'http://127.0.0.1:%s/sso/authorization-code/callback,' "${PORTS[@]}")
-start_idp "${callbacks%,}" "http://127.0.0.1:${PORTS[0]}/sso/logout"
+start_for_gates "$#"
 
 i=0
 for bin in "$@"; do

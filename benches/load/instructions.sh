@@ -19,24 +19,12 @@ source "$(dirname "$0")/lib.sh"
 setup_work
 ensure_packages curl valgrind
 if (($# == 0)); then
-  say "building an unstripped release binary in target/bench-profile"
-  (cd "$REPO" && CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
-    cargo build --release --locked --target-dir target/bench-profile) >"$WORK/cargo-profile.log" 2>&1 ||
-    { tail -20 "$WORK/cargo-profile.log" >&2; die "profile build failed"; }
-  set -- "$REPO/target/bench-profile/release/ssogate"
+  build_profile_gate
+  set -- "$GATE_BIN"
 fi
-bins=()
-for b in "$@"; do
-  [[ -x $b ]] || die "$b is not an executable"
-  bins+=("$(realpath "$b")")
-done
-set -- "${bins[@]}"
-
-read -r UP_PORT < <(free_ports 1)
-start_upstream "$UP_PORT"
-mapfile -t PORTS < <(free_ports "$#" | tr ' ' '\n')
-callbacks=$(printf 'http://127.0.0.1:%s/sso/authorization-code/callback,' "${PORTS[@]}")
-start_idp "${callbacks%,}" "http://127.0.0.1:${PORTS[0]}/sso/logout"
+gate_binaries "$@"
+set -- "${BINS[@]}"
+start_for_gates "$#"
 BENCH_GATE_ENV="CT_WORKER_THREADS=1 ${BENCH_GATE_ENV:-}"
 
 i=0

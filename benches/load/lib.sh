@@ -85,6 +85,37 @@ build_gate() {
   [[ -x $GATE_BIN ]] || die "no $GATE_BIN"
 }
 
+# An unstripped release build (symbols for perf and callgrind) in
+# target/bench-profile: GATE_BIN.
+build_profile_gate() {
+  say "building an unstripped release binary in target/bench-profile"
+  (cd "$REPO" && CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+    cargo build --release --locked --target-dir target/bench-profile) >"$WORK/cargo-profile.log" 2>&1 ||
+    { tail -20 "$WORK/cargo-profile.log" >&2; die "profile build failed"; }
+  GATE_BIN="$REPO/target/bench-profile/release/ssogate"
+}
+
+# gate_binaries BIN...: the gates to measure, as absolute paths (they run in
+# $WORK), in BINS.
+gate_binaries() {
+  BINS=()
+  for b in "$@"; do
+    [[ -x $b ]] || die "$b is not an executable"
+    BINS+=("$(realpath "$b")")
+  done
+}
+
+# start_for_gates N: the upstream (UP_PORT) and the provider, with N free
+# ports for gates (PORTS) registered as its redirect URIs.
+start_for_gates() {
+  read -r UP_PORT < <(free_ports 1)
+  start_upstream "$UP_PORT"
+  mapfile -t PORTS < <(free_ports "$1" | tr ' ' '\n')
+  local callbacks
+  callbacks=$(printf 'http://127.0.0.1:%s/sso/authorization-code/callback,' "${PORTS[@]}")
+  start_idp "${callbacks%,}" "http://127.0.0.1:${PORTS[0]}/sso/logout"
+}
+
 # free_ports N: N distinct free ports on 127.0.0.1, space-separated.
 free_ports() {
   node -e '

@@ -99,13 +99,9 @@ perf_profile() {
 }
 
 if [[ -n ${BENCH_PERF:-} ]]; then
-  say "perf: building an unstripped release binary in target/bench-profile"
-  (cd "$REPO" && CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
-    cargo build --release --locked --target-dir target/bench-profile) >"$WORK/cargo-profile.log" 2>&1 ||
-    { tail -20 "$WORK/cargo-profile.log" >&2; die "profile build failed"; }
   command -v perf >/dev/null || ensure_packages linux-perf
   GATE_BIN_SAVED=$GATE_BIN
-  GATE_BIN="$REPO/target/bench-profile/release/ssogate"
+  build_profile_gate
   start_gate "$PERF_PORT" "$UP_PORT" warn "$WORK/gate-perf.log"
   PERF_PID=$GATE_PID
   GATE_BIN=$GATE_BIN_SAVED

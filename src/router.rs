@@ -428,10 +428,10 @@ async fn verify_bearer_recent(
     now: u64,
     recent: &RecentBearer,
 ) -> Option<(Arc<Identity>, u64)> {
-    if let Some(found) = recent.get(token.as_bytes(), now) {
+    let epoch = crate::provider::keys_epoch();
+    if let Some(found) = recent.get(token.as_bytes(), now, epoch) {
         return Some(found);
     }
-    let epoch = crate::provider::keys_epoch();
     let (identity, expires_at, until) = verify_bearer(&state.registry, token, now).await?;
     recent.put(token.as_bytes(), &identity, expires_at, until, epoch);
     Some((identity, expires_at))

@@ -37,8 +37,7 @@ for bin in "$@"; do
   GATE_BIN=$bin
   start_gate "$port" "$UP_PORT" warn "$WORK/gate-$i.log"
   cookie=$(signin_session "http://127.0.0.1:$port/hello")
-  bearer=$(node "$BENCH_DIR/signin.mjs" idtoken "$ISSUER" "$CLIENT_ID" "$CLIENT_SECRET" \
-    "http://127.0.0.1:$port/sso/authorization-code/callback") || die "no ID token"
+  bearer=$(signin_token "$port")
   for mode in cookie bearer; do
     if [[ $mode == cookie ]]; then set_env=(BENCH_COOKIE="$cookie"); else set_env=(BENCH_BEARER="$bearer"); fi
     env "${set_env[@]}" wrk -t2 -c64 -d7s -s "$BENCH_DIR/wrk.lua" "http://127.0.0.1:$port/hello" >"$WORK/wrk.txt" 2>&1 &

@@ -37,8 +37,7 @@ for bin in "$@"; do
   GATE_BIN="$WORK/vg-$i"
   start_gate "$port" "$UP_PORT" warn "$WORK/gate-$i.log"
   cookie=$(signin_session "http://127.0.0.1:$port/hello")
-  bearer=$(node "$BENCH_DIR/signin.mjs" idtoken "$ISSUER" "$CLIENT_ID" "$CLIENT_SECRET" \
-    "http://127.0.0.1:$port/sso/authorization-code/callback") || die "no ID token"
+  bearer=$(signin_token "$port")
   # valgrind's pid is the gate's (exec); callgrind_control finds it by pid.
   for mode in cookie bearer; do
     if [[ $mode == cookie ]]; then set_env=(BENCH_COOKIE="$cookie"); else set_env=(BENCH_BEARER="$bearer"); fi

@@ -288,6 +288,13 @@ signin_session() {
   node "$BENCH_DIR/signin.mjs" session "$1" alice alice-pass || die "sign-in via $1 failed"
 }
 
+# signin_token PORT: an ID token for the gate on PORT (authorization code
+# flow with its callback as the redirect URI), to send as a bearer token.
+signin_token() {
+  node "$BENCH_DIR/signin.mjs" idtoken "$ISSUER" "$CLIENT_ID" "$CLIENT_SECRET" \
+    "http://127.0.0.1:$1/sso/authorization-code/callback" || die "no ID token"
+}
+
 # Apache httpd (mpm_event) with mod_auth_openidc in front of the upstream,
 # sessions in the shared-memory cache. start_apache PORT UPSTREAM_PORT
 start_apache() {

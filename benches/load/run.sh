@@ -66,8 +66,7 @@ if [[ -n ${BENCH_GATE_B:-} ]]; then
   GATE_B_COOKIE=$(signin_session "http://127.0.0.1:$GATE_B_PORT/hello")
 fi
 APACHE_COOKIE=$(signin_session "http://127.0.0.1:$APACHE_PORT/hello")
-BEARER=$(node "$BENCH_DIR/signin.mjs" idtoken "$ISSUER" "$CLIENT_ID" "$CLIENT_SECRET" \
-  "http://127.0.0.1:$GATE_PORT/sso/authorization-code/callback") || die "no ID token"
+BEARER=$(signin_token "$GATE_PORT")
 say "gate cookie ${#GATE_COOKIE} B, Apache cookie ${#APACHE_COOKIE} B, ID token ${#BEARER} B"
 
 # perf_profile NAME SECONDS VAR=VALUE...: wrk against the profiled gate with

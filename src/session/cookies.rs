@@ -55,16 +55,9 @@ impl CookieNames {
         self.login_prefix
     }
 
-    /// Whether a cookie (its name, or a `name=value` pair) is one the gate
-    /// writes, in either deployment's spelling, and so never reaches the
-    /// upstream. Application cookies that merely start with `ssogate` pass.
-    pub fn is_ours(pair_or_name: &str) -> bool {
-        let b = pair_or_name.as_bytes();
-        let name = memchr::memchr(b'=', b).map_or(b, |at| &b[..at]);
-        Self::is_our_name(name.trim_ascii())
-    }
-
-    /// [`Self::is_ours`] for a cookie name, as bytes.
+    /// Whether a cookie name is one the gate writes, in either deployment's
+    /// spelling, and so never reaches the upstream. Application cookies that
+    /// merely start with `ssogate` pass.
     pub fn is_our_name(name: &[u8]) -> bool {
         if name.starts_with(b"__Host-ssogate-login-")
             || name.starts_with(b"__Secure-ssogate-login-")
@@ -317,7 +310,7 @@ mod tests {
             "ssogate",
             "ssogate-login-x",
         ] {
-            assert!(CookieNames::is_ours(n), "{n}");
+            assert!(CookieNames::is_our_name(n.as_bytes()), "{n}");
         }
         for n in [
             "app",
@@ -327,7 +320,7 @@ mod tests {
             "ssogate-app",
             "__Host-ssogatex",
         ] {
-            assert!(!CookieNames::is_ours(n), "{n}");
+            assert!(!CookieNames::is_our_name(n.as_bytes()), "{n}");
         }
     }
 }

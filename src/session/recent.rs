@@ -14,34 +14,44 @@ use std::sync::{Arc, Mutex};
 
 use super::Session;
 
-/// A sealed cookie value and the session it opened to.
-type Opened = (Box<[u8]>, Arc<Session>);
+/// The session a connection's last cookie opened to, by its sealed value.
+pub type Recent = Memo<Arc<Session>>;
 
-#[derive(Default)]
-pub struct Recent {
-    last: Mutex<Option<Opened>>,
+/// What a connection remembers of its last credential: the exact bytes it
+/// came as, and what they were found to be. Also the bearer token memo
+/// (`provider::recent_bearer`).
+pub struct Memo<V> {
+    last: Mutex<Option<(Box<[u8]>, V)>>,
 }
 
-impl std::fmt::Debug for Recent {
+impl<V> Default for Memo<V> {
+    fn default() -> Self {
+        Self {
+            last: Mutex::new(None),
+        }
+    }
+}
+
+impl<V> std::fmt::Debug for Memo<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Recent(..)")
+        f.write_str("Memo(..)")
     }
 }
 
-impl Recent {
-    /// The session opened from exactly `sealed`, if it is the one remembered.
-    pub fn get(&self, sealed: &[u8]) -> Option<Arc<Session>> {
+impl<V: Clone> Memo<V> {
+    /// What was remembered for exactly `key`, if it is the key remembered.
+    pub fn get(&self, key: &[u8]) -> Option<V> {
         let last = self.last.try_lock().ok()?;
-        let (value, session) = last.as_ref()?;
+        let (remembered, value) = last.as_ref()?;
         // Constant time: through a proxy that pools connections, the value
-        // remembered may be another user's cookie.
-        same(value, sealed).then(|| session.clone())
+        // remembered may be another user's credential.
+        same(remembered, key).then(|| value.clone())
     }
 
-    /// Remembers `session` as opened from `sealed`.
-    pub fn put(&self, sealed: &[u8], session: &Arc<Session>) {
+    /// Remembers `value` for `key`, in place of whatever was before.
+    pub fn put(&self, key: &[u8], value: &V) {
         if let Ok(mut last) = self.last.try_lock() {
-            *last = Some((sealed.into(), session.clone()));
+            *last = Some((key.into(), value.clone()));
         }
     }
 }
@@ -50,7 +60,7 @@ impl Recent {
 /// bytes at a time, all differences folded together, no early exit (the
 /// `subtle` crate's byte-wise comparison costs about 2 ns a byte, this about
 /// a tenth of that).
-pub fn same(a: &[u8], b: &[u8]) -> bool {
+fn same(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -293,7 +293,7 @@ async fn served_connection(port: u16) -> Option<TcpStream> {
 /// served there, each keeps being served on its own thread (a second
 /// request on every one), and nothing is lost on the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_connections_spread_over_the_threads_is_served_throughout() {
+async fn a_burst_of_connections_is_served_throughout_whichever_thread_takes_each() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();

@@ -208,20 +208,19 @@ impl KeySet {
                 until,
             };
         }
-        let mut outcome = self.verify_signed(token);
+        let outcome = self.verify_signed(token, now);
         if let Bearer::Valid {
             identity,
             expires_at,
-            until,
-        } = &mut outcome
+            ..
+        } = &outcome
         {
-            *until = self.verified.until(*expires_at, now);
             self.verified.put(key, identity, *expires_at, now);
         }
         outcome
     }
 
-    fn verify_signed(&self, token: &str) -> Bearer {
+    fn verify_signed(&self, token: &str, now: u64) -> Bearer {
         match self.decode::<Claims>(token, |alg| self.validations.get(&alg).cloned()) {
             // As for ID tokens (OpenID Connect Core 3.1.3.7): a token meant
             // for several parties must name this client as the one it was
@@ -245,8 +244,7 @@ impl KeySet {
                     preferred_username: c.preferred_username,
                 }),
                 expires_at: c.exp,
-                // Set by `verify`, which knows when it checked.
-                until: 0,
+                until: self.verified.until(c.exp, now),
             },
             Err(KeyError::UnknownKey) => Bearer::UnknownKey,
             Err(KeyError::Invalid(reason)) => Bearer::Invalid(reason),

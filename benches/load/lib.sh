@@ -95,6 +95,22 @@ build_profile_gate() {
   GATE_BIN="$REPO/target/bench-profile/release/ssogate"
 }
 
+# The WebSocket helper (benches/load/wstool, its own workspace): WSTOOL.
+build_wstool() {
+  say "cargo build --release --locked (benches/load/wstool)"
+  cargo build --release --locked --manifest-path "$BENCH_DIR/wstool/Cargo.toml" >"$WORK/wstool-build.log" 2>&1 ||
+    { tail -30 "$WORK/wstool-build.log" >&2; die "building wstool failed"; }
+  WSTOOL="$BENCH_DIR/wstool/target/release/wstool"
+}
+
+# start_wstool_echo PORT: the WebSocket echo upstream (2 threads) -> ECHO_PID.
+start_wstool_echo() {
+  (WSTOOL_THREADS=2 exec "$WSTOOL" echo "127.0.0.1:$1" </dev/null >"$WORK/echo.out" 2>"$WORK/echo.log") &
+  ECHO_PID=$!
+  track "$ECHO_PID"
+  wait_http "http://127.0.0.1:$1/" 200 10
+}
+
 # gate_binaries BIN...: the gates to measure, as absolute paths (they run in
 # $WORK), in BINS.
 gate_binaries() {

@@ -23,10 +23,7 @@ setup_work
 ensure_packages curl
 command -v node >/dev/null || die "node is needed (the test provider is node)"
 build_gate
-say "cargo build --release --locked (benches/load/wstool)"
-cargo build --release --locked --manifest-path "$BENCH_DIR/wstool/Cargo.toml" >"$WORK/wstool-build.log" 2>&1 ||
-  { tail -30 "$WORK/wstool-build.log" >&2; die "building wstool failed"; }
-WSTOOL="$BENCH_DIR/wstool/target/release/wstool"
+build_wstool
 
 HARD_NOFILE=$(ulimit -Hn)
 IDLE=${WS_IDLE:-10000}
@@ -40,11 +37,8 @@ SOURCES="127.0.0.11,127.0.0.12,127.0.0.13,127.0.0.14"
 
 read -r ECHO_PORT PROXY_PORT GATE_PORT < <(free_ports 3)
 
-(WSTOOL_THREADS=2 exec "$WSTOOL" echo "127.0.0.1:$ECHO_PORT" </dev/null >"$WORK/echo.out" 2>"$WORK/echo.log") &
-ECHO_PID=$!
-track "$ECHO_PID"
+start_wstool_echo "$ECHO_PORT"
 UPSTREAM_PID=$ECHO_PID
-wait_http "http://127.0.0.1:$ECHO_PORT/" 200 10
 
 start_proxy "$PROXY_PORT" "$ECHO_PORT"
 start_idp "http://127.0.0.1:$GATE_PORT/sso/authorization-code/callback" "http://127.0.0.1:$GATE_PORT/sso/logout"

@@ -8,6 +8,7 @@ pub mod headers;
 pub mod idle;
 mod lazy_buf;
 pub mod pool;
+mod relay;
 mod stream;
 pub mod upgrade;
 

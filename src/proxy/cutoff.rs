@@ -4,7 +4,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+
+use futures_util::task::AtomicWaker;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -14,11 +18,77 @@ use crate::respond::BoxError;
 /// Resolves when the connection must end.
 pub type Guard = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// A guard polled only after it has woken its task.
+///
+/// A stream or relay is woken far more often by its own bytes than by its
+/// guard, and polling the guard costs: a session's lease is a watch channel
+/// shared by all of that session's live connections, and polling it takes
+/// the channel's lock. So the guard is polled with a waker of its own that
+/// notes the wake-up and passes it on to the task; in between, asking costs
+/// one atomic swap.
+pub struct Watch {
+    guard: Option<Guard>,
+    woken: Arc<Woken>,
+    waker: Waker,
+}
+
+struct Woken {
+    /// The guard woke since it was last polled (true at first: never polled).
+    flag: AtomicBool,
+    /// The task the guard belongs to.
+    task: AtomicWaker,
+}
+
+impl Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.flag.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl Watch {
+    pub fn new(guard: Guard) -> Self {
+        let woken = Arc::new(Woken {
+            flag: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        Self {
+            guard: Some(guard),
+            waker: Waker::from(woken.clone()),
+            woken,
+        }
+    }
+
+    /// Whether the guard has fired; once it has, always true.
+    pub fn poll_fired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(guard) = self.guard.as_mut() else {
+            return true;
+        };
+        self.woken.task.register(cx.waker());
+        if !self.woken.flag.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        if guard
+            .as_mut()
+            .poll(&mut Context::from_waker(&self.waker))
+            .is_pending()
+        {
+            return false;
+        }
+        self.guard = None;
+        true
+    }
+}
+
 pin_project_lite::pin_project! {
     pub struct Cutoff<B> {
         #[pin]
         inner: B,
-        guard: Option<Guard>,
+        guard: Option<Watch>,
     }
 }
 
@@ -26,7 +96,7 @@ impl<B> Cutoff<B> {
     pub fn new(inner: B, guard: Guard) -> Self {
         Self {
             inner,
-            guard: Some(guard),
+            guard: Some(Watch::new(guard)),
         }
     }
 }
@@ -51,7 +121,7 @@ where
         if this
             .guard
             .as_mut()
-            .is_some_and(|guard| guard.as_mut().poll(cx).is_ready())
+            .is_some_and(|guard| guard.poll_fired(cx))
         {
             *this.guard = None;
             return Poll::Ready(Some(Err(Box::new(SessionEnded))));
@@ -75,6 +145,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+
     use http_body_util::{BodyExt as _, StreamBody};
 
     use super::*;
@@ -100,6 +172,63 @@ mod tests {
         tx.send(()).unwrap();
         let ended = body.frame().await.unwrap();
         assert!(ended.is_err(), "the stream is cut, not finished");
+    }
+
+    /// A guard that counts how often it is polled and fires on `rx`.
+    fn counted(rx: tokio::sync::oneshot::Receiver<()>) -> (Guard, Arc<AtomicUsize>) {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let counter = polls.clone();
+        let mut rx = rx;
+        let guard = std::future::poll_fn(move |cx| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            Pin::new(&mut rx).poll(cx).map(|_| ())
+        });
+        (Box::pin(guard), polls)
+    }
+
+    #[tokio::test]
+    async fn a_watched_guard_is_polled_only_when_it_woke() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (guard, polls) = counted(rx);
+        let mut watch = Watch::new(guard);
+        let task = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&task);
+        assert!(!watch.poll_fired(&mut cx), "not fired yet");
+        assert_eq!(polls.load(Ordering::Relaxed), 1, "polled once, to register");
+        for _ in 0..100 {
+            assert!(!watch.poll_fired(&mut cx));
+        }
+        assert_eq!(
+            polls.load(Ordering::Relaxed),
+            1,
+            "not polled again while it has not woken"
+        );
+        tx.send(()).unwrap();
+        assert!(watch.poll_fired(&mut cx), "fired once it woke");
+        assert_eq!(polls.load(Ordering::Relaxed), 2);
+        assert!(watch.poll_fired(&mut cx), "and stays fired");
+        assert_eq!(polls.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_guard_waking_wakes_the_task_that_watches_it() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (guard, _) = counted(rx);
+        let mut watch = Watch::new(guard);
+        let waiting = tokio::spawn(std::future::poll_fn(move |cx| {
+            if watch.poll_fired(cx) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        tx.send(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the task was woken")
+            .unwrap();
     }
 
     fn tokio_stream_from<T>(

@@ -11,6 +11,7 @@ pub mod pool;
 mod relay;
 mod stream;
 pub mod upgrade;
+mod wake_flag;
 
 use std::net::IpAddr;
 use std::sync::Arc;

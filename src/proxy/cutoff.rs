@@ -4,62 +4,31 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
-
-use futures_util::task::AtomicWaker;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use super::wake_flag::WakeFlag;
 use crate::respond::BoxError;
 
 /// Resolves when the connection must end.
 pub type Guard = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// A guard polled only after it has woken its task.
-///
-/// A stream or relay is woken far more often by its own bytes than by its
-/// guard, and polling the guard costs: a session's lease is a watch channel
-/// shared by all of that session's live connections, and polling it takes
-/// the channel's lock. So the guard is polled with a waker of its own that
-/// notes the wake-up and passes it on to the task; in between, asking costs
-/// one atomic swap.
+/// A guard polled only after it has woken its task ([`WakeFlag`]): a
+/// stream or relay is woken far more often by its own bytes than by its
+/// guard, and polling a session's lease takes the lock of a watch channel
+/// shared by all of that session's live connections.
 pub struct Watch {
     guard: Option<Guard>,
-    woken: Arc<Woken>,
-    waker: Waker,
-}
-
-struct Woken {
-    /// The guard woke since it was last polled (true at first: never polled).
-    flag: AtomicBool,
-    /// The task the guard belongs to.
-    task: AtomicWaker,
-}
-
-impl Wake for Woken {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.flag.store(true, Ordering::Release);
-        self.task.wake();
-    }
+    flag: WakeFlag,
 }
 
 impl Watch {
     pub fn new(guard: Guard) -> Self {
-        let woken = Arc::new(Woken {
-            flag: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
         Self {
             guard: Some(guard),
-            waker: Waker::from(woken.clone()),
-            woken,
+            flag: WakeFlag::default(),
         }
     }
 
@@ -68,14 +37,11 @@ impl Watch {
         let Some(guard) = self.guard.as_mut() else {
             return true;
         };
-        self.woken.task.register(cx.waker());
-        if !self.woken.flag.swap(false, Ordering::AcqRel) {
-            return false;
-        }
-        if guard
-            .as_mut()
-            .poll(&mut Context::from_waker(&self.waker))
-            .is_pending()
+        if !self.flag.take(cx)
+            || guard
+                .as_mut()
+                .poll(&mut Context::from_waker(self.flag.waker()))
+                .is_pending()
         {
             return false;
         }
@@ -145,7 +111,8 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use http_body_util::{BodyExt as _, StreamBody};
 

@@ -9,7 +9,8 @@
 //!
 //! One future and no tasks, locks or channels of its own: each direction is
 //! a buffer that exists only while bytes are in flight ([`InFlight`]), and
-//! the guard is polled only when it wakes ([`Watch`]).
+//! each direction and the guard is polled only when something it waits on
+//! woke it ([`WakeFlag`], [`Watch`]).
 
 use std::future::Future;
 use std::io;
@@ -22,6 +23,7 @@ use tokio::time::Sleep;
 
 use super::cutoff::{Guard, Watch};
 use super::lazy_buf::InFlight;
+use super::wake_flag::WakeFlag;
 
 /// After the guard fires, how long a frame in progress may take to finish
 /// before both sides are simply dropped.
@@ -44,6 +46,8 @@ where
         frames: Frames::default(),
         guard: guard.map(Watch::new),
         stop: Stop::No,
+        up_wake: WakeFlag::default(),
+        down_wake: WakeFlag::default(),
     }
 }
 
@@ -57,6 +61,9 @@ pub struct Relay<C, U> {
     frames: Frames,
     guard: Option<Watch>,
     stop: Stop,
+    /// Each direction is polled only when something it waits on woke it.
+    up_wake: WakeFlag,
+    down_wake: WakeFlag,
 }
 
 enum Stop {
@@ -192,6 +199,8 @@ where
         if matches!(this.stop, Stop::No) && this.guard.as_mut().is_some_and(|g| g.poll_fired(cx)) {
             this.guard = None;
             this.stop = Stop::Finishing(Box::pin(tokio::time::sleep(HARD_STOP)));
+            // Look for the frame boundary now.
+            this.down_wake.set();
         }
         match &mut this.stop {
             Stop::No => {}
@@ -204,23 +213,28 @@ where
                 }
             }
         }
-        if !this.up.done() {
-            match this
-                .up
-                .poll_copy(cx, &mut this.client, &mut this.upstream, None, false)
-            {
-                Poll::Ready(Ok(_)) | Poll::Pending => {}
-                Poll::Ready(Err(e)) => return ended(&e),
+        if !this.up.done() && this.up_wake.take(cx) {
+            let mut up_cx = Context::from_waker(this.up_wake.waker());
+            if let Poll::Ready(Err(e)) = this.up.poll_copy(
+                &mut up_cx,
+                &mut this.client,
+                &mut this.upstream,
+                None,
+                false,
+            ) {
+                return ended(&e);
             }
         }
-        if !this.down.done() {
-            if matches!(this.stop, Stop::Finishing(_)) {
+        if !this.down.done() && this.down_wake.take(cx) {
+            let mut down_cx = Context::from_waker(this.down_wake.waker());
+            if let Stop::No | Stop::Finishing(_) = this.stop {
+                let stopping = matches!(this.stop, Stop::Finishing(_));
                 match this.down.poll_copy(
-                    cx,
+                    &mut down_cx,
                     &mut this.upstream,
                     &mut this.client,
                     Some(&mut this.frames),
-                    true,
+                    stopping,
                 ) {
                     Poll::Ready(Ok(Copied::AtBoundary)) => {
                         let stop = std::mem::replace(&mut this.stop, Stop::No);
@@ -231,28 +245,17 @@ where
                     Poll::Ready(Ok(Copied::Ended)) | Poll::Pending => {}
                     Poll::Ready(Err(e)) => return ended(&e),
                 }
-            } else if matches!(this.stop, Stop::No) {
-                match this.down.poll_copy(
-                    cx,
-                    &mut this.upstream,
-                    &mut this.client,
-                    Some(&mut this.frames),
-                    false,
-                ) {
-                    Poll::Ready(Ok(_)) | Poll::Pending => {}
-                    Poll::Ready(Err(e)) => return ended(&e),
-                }
             }
-        }
-        if let Stop::Closing(_, sent) = &mut this.stop {
-            return match poll_close(cx, &mut this.client, sent) {
-                Poll::Ready(Ok(())) => {
-                    tracing::info!("websocket closed: its session ended");
-                    Poll::Ready(())
-                }
-                Poll::Ready(Err(e)) => ended(&e),
-                Poll::Pending => Poll::Pending,
-            };
+            if let Stop::Closing(_, sent) = &mut this.stop {
+                return match poll_close(&mut down_cx, &mut this.client, sent) {
+                    Poll::Ready(Ok(())) => {
+                        tracing::info!("websocket closed: its session ended");
+                        Poll::Ready(())
+                    }
+                    Poll::Ready(Err(e)) => ended(&e),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
         }
         if this.up.done() && this.down.done() {
             return Poll::Ready(());

@@ -292,3 +292,69 @@ proptest! {
         }
     }
 }
+
+/// A stream that counts the reads asked of it.
+struct Counted {
+    inner: DuplexStream,
+    reads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn a_quiet_side_is_not_read_while_the_other_talks() {
+    let (client_gate, mut client) = duplex(64 * 1024);
+    let (upstream_gate, mut upstream) = duplex(64 * 1024);
+    let reads = std::sync::Arc::default();
+    let counted = Counted {
+        inner: client_gate,
+        reads: std::sync::Arc::clone(&reads),
+    };
+    let task = tokio::spawn(relay(counted, upstream_gate, None));
+    let message = frame(1, 20, b'm');
+    for _ in 0..50 {
+        upstream.write_all(&message).await.unwrap();
+        let mut got = vec![0u8; message.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, message);
+    }
+    let quiet = reads.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        quiet <= 2,
+        "the client sent nothing, yet was read {quiet} times over 50 messages"
+    );
+    client.write_all(b"now").await.unwrap();
+    let mut got = [0u8; 3];
+    upstream.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"now", "and is read as soon as it sends");
+    drop((client, upstream));
+    finished(task).await;
+}

@@ -94,6 +94,8 @@ pub struct Forward<'a> {
     pub identity: Option<&'a Identity>,
     /// The client connection's upstream connection.
     pub upstream: &'a Arc<pool::Slot>,
+    /// Kept by a WebSocket relay for its life ([`crate::router::Held`]).
+    pub held: &'a crate::router::Held,
     /// The request id, when the gate made it (the client's goes on as it came).
     pub request_id: Option<&'a [u8]>,
     /// The request asks for a WebSocket ([`upgrade::is_websocket`]).
@@ -211,7 +213,7 @@ impl Proxy {
                     client_upgrade,
                     upstream,
                     guard(),
-                    self.websockets_open.clone(),
+                    (self.websockets_open.clone(), fwd.held.clone()),
                 );
             }
             headers::from_upstream(&mut parts.headers, true);

@@ -47,6 +47,12 @@ pub struct State {
     pub metrics: Arc<Metrics>,
 }
 
+/// What keeps a client connection counted — its `CT_MAX_CONNECTIONS`
+/// slot, its place in its serving thread's load — for as long as anything
+/// serving it lives: its requests, and the WebSocket it may switch to
+/// (hyper's connection ends at the switch, the relay goes on).
+pub type Held = Arc<dyn std::any::Any + Send + Sync>;
+
 /// What the gate keeps per client connection, for all its requests.
 pub struct ClientConn {
     /// The peer's address, IPv4-mapped addresses as IPv4.
@@ -59,10 +65,11 @@ pub struct ClientConn {
     recent_bearer: RecentBearer,
     /// The upstream connection its last request used.
     upstream: Arc<crate::proxy::pool::Slot>,
+    held: Held,
 }
 
 impl ClientConn {
-    pub fn new(peer: SocketAddr) -> Self {
+    pub fn new(peer: SocketAddr, held: Held) -> Self {
         let ip = peer.ip().to_canonical();
         Self {
             ip,
@@ -72,6 +79,7 @@ impl ClientConn {
             recent: Recent::default(),
             recent_bearer: RecentBearer::default(),
             upstream: Arc::default(),
+            held,
         }
     }
 }
@@ -370,6 +378,7 @@ async fn forward(
                 peer_value: &conn.peer_value,
                 identity,
                 upstream: &conn.upstream,
+                held: &conn.held,
                 request_id,
                 websocket,
             },

@@ -302,8 +302,9 @@ struct Conns {
 }
 
 impl Conns {
-    /// Serves one connection in a task of this thread; `load` counts it on
-    /// its thread for as long as it is open.
+    /// Serves one connection in a task of this thread; `slot` and `load`
+    /// count it (against `CT_MAX_CONNECTIONS`, and on its thread) for as
+    /// long as it is open, and as a WebSocket once it has switched to one.
     fn serve(
         &self,
         stream: TcpStream,
@@ -318,11 +319,11 @@ impl Conns {
         let handshake_timeout = self.header_read_timeout;
         let max_head = self.max_head;
         tokio::spawn(async move {
-            let _slot = slot;
-            let _load = load;
             let verdicts = Arc::new(Verdicts::default());
             let seen = verdicts.clone();
-            let client = Arc::new(ClientConn::new(peer));
+            // The slot and the load go with the connection's own state, so
+            // that a WebSocket it switches to keeps them (router::Held).
+            let client = Arc::new(ClientConn::new(peer, Arc::new((slot, load))));
             let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 if seen.next_is_ambiguous() {
                     req.extensions_mut().insert(AmbiguousFraming);

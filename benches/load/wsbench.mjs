@@ -120,7 +120,10 @@ for (const id of cfg.idle_targets) idleResults[id] = await idle(byId[id]);
 const runs = {};
 for (let round = 1; round <= cfg.rounds; round++) {
   for (const size of cfg.sizes) {
-    for (const t of cfg.targets) {
+    // Odd rounds in the configured order, even ones reversed, so that no
+    // target always follows the same other one.
+    const order = round % 2 === 1 ? cfg.targets : [...cfg.targets].reverse();
+    for (const t of order) {
       const key = `${t.id}_${size}`;
       runs[key] ??= [];
       if (cfg.warmup > 0) await load(t, cfg.connections, cfg.warmup, size);

@@ -9,6 +9,7 @@ use metrics::Gauge;
 use super::cutoff::Guard;
 use super::relay::relay;
 use super::stream::Switched;
+use crate::router::Held;
 
 use crate::respond::contains_ignore_case;
 
@@ -44,9 +45,16 @@ pub fn origin_allowed(headers: &HeaderMap, own: &str, extra: &[String]) -> bool 
 /// ([`relay`]). With a guard (the session's lease), the connection ends
 /// when it fires: the client gets a WebSocket close frame with code 1008
 /// (policy violation) at the next frame boundary, and the upstream side is
-/// dropped.
-pub fn splice(client: OnUpgrade, upstream: Switched, guard: Option<Guard>, open: Gauge) {
+/// dropped. `open` counts the WebSocket while it lives; `held` keeps its
+/// client connection counted.
+pub fn splice(
+    client: OnUpgrade,
+    upstream: Switched,
+    guard: Option<Guard>,
+    (open, held): (Gauge, Held),
+) {
     tokio::spawn(async move {
+        let _held = held;
         let client = match client.await {
             Ok(client) => client,
             Err(e) => {

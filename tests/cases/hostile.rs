@@ -670,6 +670,92 @@ async fn connections_over_ct_max_connections_are_closed_without_a_response() {
     assert_still_serving(port, &w.upstream, &cookie, "a full connection table").await;
 }
 
+/// A plain WebSocket to `/ws` through the gate with `cookie`.
+async fn open_websocket(
+    port: u16,
+    cookie: &str,
+) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the gate");
+    let mut req = format!("ws://127.0.0.1:{port}/ws")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert(http::header::COOKIE, cookie.parse().unwrap());
+    tokio_tungstenite::client_async(req, tcp)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_websockets_count_toward_ct_max_connections() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    const LIMIT: usize = 2;
+    let w = plain_world(&[
+        ("CT_MAX_CONNECTIONS", "2"),
+        ("CT_HEADER_READ_TIMEOUT", "60s"),
+    ])
+    .await;
+    let port = w.gate.port;
+    let cookie = session_cookie(false, "alice");
+    let mut sockets = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while sockets.len() < LIMIT {
+        // Slots free up only once the gate has seen earlier connections
+        // (the readiness check's) close.
+        match open_websocket(port, &cookie).await {
+            Ok(ws) => sockets.push(ws),
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "WebSocket {} not opened: {e}",
+                    sockets.len()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert_eventually!(
+        w.upstream.open_websockets() == LIMIT,
+        Duration::from_secs(5),
+        "the upstream never saw both WebSockets"
+    );
+
+    // Switched connections hold their slots: one more is closed unserved.
+    for attempt in 0..3 {
+        let req = format!("GET /sso/healthz HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n");
+        let reply = raw_within(port, req.as_bytes(), Duration::from_secs(5)).await;
+        assert!(
+            reply.closed && reply.bytes.is_empty(),
+            "a connection beyond {LIMIT} open WebSockets (attempt {attempt}) was served: {:?}",
+            reply.text()
+        );
+    }
+    // The WebSockets themselves still echo.
+    for ws in &mut sockets {
+        ws.send(Message::text("still here")).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("no echo within 10 s")
+            .expect("the WebSocket ended")
+            .expect("WebSocket error");
+        assert_eq!(echoed, Message::text("still here"));
+    }
+
+    // Once one closes, its slot serves a new connection.
+    let mut first = sockets.remove(0);
+    first.close(None).await.unwrap();
+    drop(first);
+    let again = served_within(port, Duration::from_secs(10)).await;
+    assert!(
+        again.is_some(),
+        "a closed WebSocket's slot was never reused"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Header size limit
 // ---------------------------------------------------------------------------

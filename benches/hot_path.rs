@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the authenticated hot path: opening the session
 //! cookie, verifying a bearer JWT with a cached key, rewriting request
-//! headers, validating `rd`, and the gate decision. `cargo bench`.
+//! headers, validating `rd`, the gate decision, and relaying WebSocket
+//! messages. `cargo bench`.
 #![allow(
     clippy::unwrap_used,
     reason = "benchmark setup: a failure is a broken benchmark"
@@ -20,6 +21,7 @@ use ssogate::identity::Identity;
 use ssogate::provider::oidc::keys::{KeySet, Trust};
 use ssogate::provider::oidc::quirks::IssuerRule;
 use ssogate::proxy::headers::{Outbound, to_upstream};
+use ssogate::proxy::relay::{Frames, relay};
 use ssogate::routes::return_to;
 use ssogate::session::{CookieNames, CookieStore, Recent, Sealer, Session, Store};
 
@@ -193,5 +195,60 @@ fn decisions(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, cookies, bearer, headers, decisions);
+/// An unmasked binary frame with `payload` bytes (upstream to client).
+fn ws_frame(payload: usize) -> Vec<u8> {
+    let mut f = vec![0x82];
+    match payload {
+        0..=125 => f.push(u8::try_from(payload).unwrap()),
+        126..=65_535 => {
+            f.push(126);
+            f.extend_from_slice(&u16::try_from(payload).unwrap().to_be_bytes());
+        }
+        _ => {
+            f.push(127);
+            f.extend_from_slice(&(payload as u64).to_be_bytes());
+        }
+    }
+    f.resize(f.len() + payload, 7);
+    f
+}
+
+fn websocket(c: &mut Criterion) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // Where the frame ends fall, over a burst of 64 small frames.
+    let burst: Vec<u8> = (0..64).flat_map(|_| ws_frame(64)).collect();
+    c.bench_function("websocket_frames/64x64B", |b| {
+        b.iter(|| {
+            let mut frames = Frames::default();
+            frames.advance(black_box(&burst));
+            black_box(frames.at_boundary())
+        })
+    });
+    // A message each way through the relay, over in-memory connections
+    // (their own cost included: compare runs, not absolute figures).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for size in [64usize, 16 * 1024] {
+        let message = ws_frame(size);
+        let (client_gate, mut client) = tokio::io::duplex(64 * 1024);
+        let (upstream_gate, mut upstream) = tokio::io::duplex(64 * 1024);
+        rt.spawn(relay(client_gate, upstream_gate, None));
+        let mut buf = vec![0u8; message.len()];
+        c.bench_function(&format!("websocket_relay/{size}B_each_way"), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    client.write_all(&message).await.unwrap();
+                    upstream.read_exact(&mut buf).await.unwrap();
+                    upstream.write_all(&message).await.unwrap();
+                    client.read_exact(&mut buf).await.unwrap();
+                });
+                black_box(&buf);
+            })
+        });
+    }
+}
+
+criterion_group!(benches, cookies, bearer, headers, decisions, websocket);
 criterion_main!(benches);

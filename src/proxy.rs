@@ -8,7 +8,7 @@ pub mod headers;
 pub mod idle;
 mod lazy_buf;
 pub mod pool;
-mod relay;
+pub mod relay;
 mod stream;
 pub mod upgrade;
 mod wake_flag;

@@ -127,15 +127,29 @@ async fn frames_pass_whole_and_a_close_1008_follows_the_stop() {
     assert!(after.is_empty(), "the upstream connection is dropped");
 }
 
-#[tokio::test]
-async fn a_frame_in_progress_is_finished_before_the_close() {
+/// A guarded relay whose guard fired `into` bytes into a 300-byte frame
+/// from the upstream, once the client had those: (client's end, upstream's
+/// end, the relay, the whole frame).
+async fn stopped_mid_frame(
+    into: usize,
+) -> (
+    DuplexStream,
+    DuplexStream,
+    tokio::task::JoinHandle<()>,
+    Vec<u8>,
+) {
     let (stop, guard) = guard();
     let (mut client, mut upstream, task) = spawn_relay(Some(guard));
     let first = frame(2, 300, 1);
-    upstream.write_all(&first[..104]).await.unwrap();
-    let mut got = vec![0u8; 104];
-    client.read_exact(&mut got).await.unwrap();
+    upstream.write_all(&first[..into]).await.unwrap();
+    client.read_exact(&mut vec![0u8; into]).await.unwrap();
     stop.send(()).unwrap();
+    (client, upstream, task, first)
+}
+
+#[tokio::test]
+async fn a_frame_in_progress_is_finished_before_the_close() {
+    let (mut client, mut upstream, task, first) = stopped_mid_frame(104).await;
     let early = tokio::time::timeout(Duration::from_millis(100), client.read(&mut [0u8; 1])).await;
     assert!(early.is_err(), "nothing comes in the middle of a frame");
     // The rest of the frame and a whole next one arrive in one piece.
@@ -160,12 +174,7 @@ async fn a_frame_in_progress_is_finished_before_the_close() {
 
 #[tokio::test]
 async fn the_client_keeps_sending_until_the_close() {
-    let (stop, guard) = guard();
-    let (mut client, mut upstream, task) = spawn_relay(Some(guard));
-    let first = frame(2, 300, 1);
-    upstream.write_all(&first[..50]).await.unwrap();
-    client.read_exact(&mut [0u8; 50]).await.unwrap();
-    stop.send(()).unwrap();
+    let (mut client, mut upstream, task, first) = stopped_mid_frame(50).await;
     tokio::task::yield_now().await;
     client.write_all(b"still talking").await.unwrap();
     let mut got = [0u8; 13];
@@ -177,12 +186,7 @@ async fn the_client_keeps_sending_until_the_close() {
 
 #[tokio::test(start_paused = true)]
 async fn a_frame_that_never_finishes_is_cut_at_the_hard_stop() {
-    let (stop, guard) = guard();
-    let (mut client, mut upstream, task) = spawn_relay(Some(guard));
-    let first = frame(2, 300, 1);
-    upstream.write_all(&first[..10]).await.unwrap();
-    client.read_exact(&mut [0u8; 10]).await.unwrap();
-    stop.send(()).unwrap();
+    let (mut client, _upstream, task, _) = stopped_mid_frame(10).await;
     tokio::time::sleep(HARD_STOP - Duration::from_millis(100)).await;
     assert!(!task.is_finished(), "the frame has until the hard stop");
     tokio::time::sleep(Duration::from_millis(200)).await;

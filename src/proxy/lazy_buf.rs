@@ -17,11 +17,12 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-/// Size of a buffer while in use: a 16 KiB WebSocket message and its head
-/// in one read.
-pub const CAPACITY: usize = 32 * 1024;
-/// Free buffers a thread keeps for reuse (at most 1 MiB).
-const POOL: usize = 32;
+/// Size of a buffer while in use: a 16 KiB WebSocket message with the
+/// longest frame head (14 bytes) in one read. It bounds what a connection
+/// holds in the gate while its peer does not read (one buffer each way).
+pub const CAPACITY: usize = 16 * 1024 + 16;
+/// Free buffers a thread keeps for reuse (about 1 MiB).
+const POOL: usize = 64;
 
 thread_local! {
     static FREE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };

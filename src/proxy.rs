@@ -11,7 +11,7 @@ pub mod pool;
 pub mod relay;
 mod stream;
 pub mod upgrade;
-mod wake_flag;
+pub(crate) mod wake_flag;
 
 use std::net::IpAddr;
 use std::sync::Arc;

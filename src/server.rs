@@ -49,6 +49,7 @@ macro_rules! write_through {
 pub(crate) use write_through;
 
 mod balance;
+mod drain;
 mod first_bytes;
 mod framing;
 pub mod tls;
@@ -60,12 +61,12 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use self::balance::{Balance, Handoff, Lane, Load};
+use self::drain::Drain;
 use self::first_bytes::FirstBytes;
 use self::framing::{Framing, Verdicts};
 pub use self::framing::{follow_for_fuzzing, scan_for_fuzzing};
@@ -224,7 +225,7 @@ async fn accept(
 ) {
     let conns = Conns {
         builder: Arc::new(builder(&settings)),
-        graceful: GracefulShutdown::new(),
+        graceful: Drain::new(),
         state,
         tls,
         header_read_timeout: settings.header_read_timeout,
@@ -292,7 +293,7 @@ async fn accept(
 /// What serving a connection on this thread needs.
 struct Conns {
     builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: GracefulShutdown,
+    graceful: Drain,
     state: Arc<State>,
     tls: Option<TlsAcceptor>,
     /// Bounds the TLS handshake and then the wait for the first bytes

@@ -213,7 +213,8 @@ impl Proxy {
                     client_upgrade,
                     upstream,
                     guard(),
-                    (self.websockets_open.clone(), fwd.held.clone()),
+                    self.websockets_open.clone(),
+                    fwd.held.clone(),
                 );
             }
             headers::from_upstream(&mut parts.headers, true);

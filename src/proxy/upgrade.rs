@@ -9,9 +9,8 @@ use metrics::Gauge;
 use super::cutoff::Guard;
 use super::relay::relay;
 use super::stream::Switched;
-use crate::router::Held;
-
 use crate::respond::contains_ignore_case;
+use crate::router::Held;
 
 /// An HTTP/1.1 WebSocket handshake: `Upgrade: websocket` and `Connection: upgrade`.
 pub fn is_websocket(headers: &HeaderMap) -> bool {
@@ -51,7 +50,8 @@ pub fn splice(
     client: OnUpgrade,
     upstream: Switched,
     guard: Option<Guard>,
-    (open, held): (Gauge, Held),
+    open: Gauge,
+    held: Held,
 ) {
     tokio::spawn(async move {
         let _held = held;

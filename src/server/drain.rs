@@ -75,7 +75,7 @@ enum Signal {
         flag: WakeFlag,
     },
     /// Asked to finish; the receiver counts the connection until it ends.
-    Fired(#[allow(dead_code, reason = "held, not read")] watch::Receiver<()>),
+    Fired { _held: watch::Receiver<()> },
 }
 
 pin_project_lite::pin_project! {
@@ -95,7 +95,7 @@ impl<C: GracefulConnection> Future for Draining<C> {
             && flag.take(cx)
             && let Poll::Ready(rx) = fired.as_mut().poll(&mut Context::from_waker(flag.waker()))
         {
-            *this.signal = Signal::Fired(rx);
+            *this.signal = Signal::Fired { _held: rx };
             this.conn.as_mut().graceful_shutdown();
         }
         this.conn.poll(cx)

@@ -16,6 +16,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method, header};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
 use ssogate::config::Secret;
+use ssogate::fields::Fields;
 use ssogate::gate::{self, Credential};
 use ssogate::identity::Identity;
 use ssogate::provider::oidc::keys::{KeySet, Trust};
@@ -87,7 +88,7 @@ fn cookies(c: &mut Criterion) {
         // The next request of the same connection with the same cookie.
         let recent = Recent::default();
         c.bench_function(&format!("session_open/{label}/connection_repeat"), |b| {
-            b.iter(|| black_box(store.load_recent(black_box(&req), &recent)))
+            b.iter(|| black_box(store.load_recent(Fields::Map(black_box(&req)), &recent)))
         });
     }
 }
@@ -156,7 +157,7 @@ fn headers(c: &mut Criterion) {
     c.bench_function("headers_to_upstream", |b| {
         b.iter(|| {
             head.clear();
-            to_upstream(black_box(&template), &out, &mut head);
+            to_upstream(Fields::Map(black_box(&template)), &out, &mut head);
             black_box(head.len())
         })
     });

@@ -8,6 +8,7 @@ pub mod app;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod fields;
 pub mod gate;
 pub mod identity;
 pub mod lifecycle;

@@ -24,6 +24,7 @@ use url::Url;
 
 use self::cutoff::{Cutoff, Guard};
 use self::pool::Pool;
+use crate::fields::Fields;
 use crate::identity::Identity;
 use crate::respond::{self, Body};
 
@@ -161,12 +162,10 @@ impl Proxy {
         let is_upgrade = fwd.websocket;
         let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
-        let body = if is_upgrade {
-            respond::empty()
-        } else if http_body::Body::is_end_stream(&body) {
-            Body::Incoming(body)
+        let body = if is_upgrade || http_body::Body::is_end_stream(&body) {
+            None
         } else {
-            Body::boxed(idle::Idle::new(body, self.body_idle_timeout))
+            Some(Body::boxed(idle::Idle::new(body, self.body_idle_timeout)))
         };
         let out = headers::Outbound {
             peer: fwd.peer_value,
@@ -182,14 +181,14 @@ impl Proxy {
         let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
         let mut wire = pool::HeadBuf::take();
         let framing = h1::encode_head(
-            &parts.method,
-            (&self.base_path, target),
+            parts.method.as_str().as_bytes(),
+            (self.base_path.as_bytes(), target.as_bytes()),
             h1::content_length(&parts.headers),
-            &body,
+            body.is_none(),
             &mut wire.0,
-            |h| headers::to_upstream(&parts.headers, &out, h),
+            |h| headers::to_upstream(Fields::Map(&parts.headers), &out, h),
         );
-        let resp = self
+        let resp: Response<h1::Answer> = self
             .pool
             .send(
                 pool::Encoded {

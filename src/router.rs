@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use tracing::Instrument as _;
 
 use crate::config::Config;
+use crate::fields::Fields;
 use crate::gate::{self, Credential, Decision, Policy};
 use crate::identity::Identity;
 use crate::lifecycle::{self, Checked};
@@ -225,7 +226,7 @@ async fn route(state: &Arc<State>, mut req: Request<Incoming>, cx: &Context<'_>)
     let navigation = gate::is_navigation(req.method(), req.headers());
     if let Some(session) = state
         .store
-        .load_recent(req.headers(), &cx.conn.recent)
+        .load_recent(Fields::Map(req.headers()), &cx.conn.recent)
         .filter(|s| state.registry.get(&s.option).is_some())
     {
         return with_session(state, req, cx, session, navigation, now).await;

@@ -24,6 +24,7 @@ pub use recent::Recent;
 pub use revocation::{Revocation, Revocations};
 
 use crate::config::Secret;
+use crate::fields::Fields;
 use crate::identity::Identity;
 
 /// A cookie should not outlive this, even with a refresh token (30 days).
@@ -101,9 +102,16 @@ pub trait Store: Send + Sync {
     /// [`Store::load`] for a request of a connection whose last session is
     /// in `recent`: the request path's form, which may answer from it (see
     /// [`Recent`]); revocation is checked either way.
-    fn load_recent(&self, headers: &HeaderMap, recent: &Recent) -> Option<Arc<Session>> {
+    /// `fields` are the request's headers in either form (the gate's own
+    /// HTTP/1.1 path parses them in place). A store that needs a map for
+    /// its look-up may answer `None` for the in-place form: the request is
+    /// then served the usual way, which asks with the map.
+    fn load_recent(&self, fields: Fields<'_>, recent: &Recent) -> Option<Arc<Session>> {
         let _ = recent;
-        self.load(headers).map(Arc::new)
+        match fields {
+            Fields::Map(headers) => self.load(headers).map(Arc::new),
+            Fields::Spans { .. } => None,
+        }
     }
     /// `Set-Cookie` values that make the browser carry `session` from now on.
     fn save(

@@ -16,6 +16,7 @@ use std::sync::{Arc, LazyLock};
 use http::{HeaderMap, HeaderValue, header};
 use libfuzzer_sys::fuzz_target;
 use ssogate::config::Secret;
+use ssogate::fields::Fields;
 use ssogate::proxy::headers::{Outbound, to_upstream};
 use ssogate::session::{CookieNames, CookieStore, Sealer, Session, Store};
 
@@ -91,7 +92,7 @@ fn check_session(s: &Session) {
     let v = HeaderValue::from_static("v");
     let mut head = Vec::new();
     to_upstream(
-        &HeaderMap::new(),
+        Fields::Map(&HeaderMap::new()),
         &Outbound {
             peer: &v,
             proto: &v,

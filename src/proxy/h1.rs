@@ -27,13 +27,14 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::Instant;
 
 use bytes::{Buf as _, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use http::header::CONTENT_LENGTH;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 
 use super::pool::Slot;
 use super::stream::{Stream, Switched};
+use crate::fields::{Fields, Span};
 use crate::respond::{Body, BoxError};
 
 /// Largest answer head.
@@ -74,7 +75,7 @@ pub struct Conn {
     /// What the next read asks for.
     read_size: usize,
     /// The last answer head's headers, as positions (kept for its capacity).
-    headers: Vec<(HeaderName, usize, usize)>,
+    headers: Vec<Span>,
 }
 
 impl Conn {
@@ -171,25 +172,25 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// request line (`base` and then `target` as its target), the header lines
 /// `headers` writes (the upstream's; no framing header among them), the
 /// framing headers set here from the client's `Content-Length` (`length`)
-/// and the body, and the blank line.
+/// and whether the body has already ended (`ended`), and the blank line.
 pub fn encode_head(
-    method: &Method,
-    (base, target): (&str, &str),
+    method: &[u8],
+    (base, target): (&[u8], &[u8]),
     length: Option<u64>,
-    body: &Body,
+    ended: bool,
     head: &mut Vec<u8>,
     headers: impl FnOnce(&mut Vec<u8>),
 ) -> Outgoing {
-    let framing = match (body.is_end_stream(), length) {
+    let framing = match (ended, length) {
         (true, None) | (_, Some(0)) => Outgoing::Empty,
         (_, Some(n)) => Outgoing::Length(n),
         (false, None) => Outgoing::Chunked,
     };
     head.clear();
-    head.extend_from_slice(method.as_str().as_bytes());
+    head.extend_from_slice(method);
     head.push(b' ');
-    head.extend_from_slice(base.as_bytes());
-    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(base);
+    head.extend_from_slice(target);
     head.extend_from_slice(b" HTTP/1.1\r\n");
     headers(head);
     match (framing, length) {
@@ -222,14 +223,15 @@ pub enum SendError {
     Upstream(H1Error),
 }
 
-/// Sends the request: its head, then its body as `framing` says. While the
+/// Sends the request: its head, then its body as `framing` says (`None`:
+/// there is none, and `framing` is [`Outgoing::Empty`]). While the
 /// body waits for the client or for the socket, the connection is watched
 /// for an early final answer (an upstream refusing an upload), which stops
 /// the sending.
 pub async fn send(
     conn: &mut Conn,
     head: &[u8],
-    mut body: Body,
+    mut body: Option<Body>,
     framing: Outgoing,
 ) -> Result<Sent, SendError> {
     // The head, until it is queued with what follows it in `writing`.
@@ -254,7 +256,11 @@ pub async fn send(
                     Poll::Pending => return early_answer(conn, cx),
                 }
             }
-            let frame = match Pin::new(&mut body).poll_frame(cx) {
+            let polled = match body.as_mut() {
+                Some(body) => Pin::new(body).poll_frame(cx),
+                None => Poll::Ready(None),
+            };
+            let frame = match polled {
                 Poll::Ready(Some(Ok(frame))) => frame,
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(SendError::Body(e))),
                 Poll::Ready(None) => {
@@ -341,7 +347,7 @@ fn early_answer(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<Sent, Send
 }
 
 /// An answer head as parsed (its headers are in [`Conn::headers`]).
-struct Parsed {
+pub struct Parsed {
     len: usize,
     status: u16,
     version: Version,
@@ -354,12 +360,8 @@ impl Parsed {
 }
 
 /// Parses an answer head at the start of `buf`; `None` while incomplete.
-/// With `headers`, each header goes there as (name, value start, value
-/// end), positions into `buf`.
-fn parse(
-    buf: &[u8],
-    headers: Option<&mut Vec<(HeaderName, usize, usize)>>,
-) -> Result<Option<Parsed>, H1Error> {
+/// With `headers`, each header goes there as positions into `buf`.
+fn parse(buf: &[u8], headers: Option<&mut Vec<Span>>) -> Result<Option<Parsed>, H1Error> {
     let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default()
@@ -383,13 +385,11 @@ fn parse(
     };
     if let Some(out) = headers {
         out.clear();
-        let base = buf.as_ptr() as usize;
-        for h in resp.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| H1Error::Malformed("bad header name"))?;
-            let start = h.value.as_ptr() as usize - base;
-            out.push((name, start, start + h.value.len()));
-        }
+        out.extend(
+            resp.headers
+                .iter()
+                .map(|h| Span::of(buf, h.name.as_bytes(), h.value)),
+        );
     }
     Ok(Some(Parsed {
         len,
@@ -401,13 +401,13 @@ fn parse(
 /// Reads the answer's head: the final one, interim answers skipped.
 /// `head_request`: the request was `HEAD` (the answer has no body whatever
 /// it says); `upgrade`: it asked to switch protocols.
-pub async fn read_head(
+pub async fn read_head<S: Shape>(
     mut conn: Conn,
     head_request: bool,
     upgrade: bool,
     sent: Sent,
     slot: &Arc<Slot>,
-) -> Result<http::Response<Answer>, (H1Error, bool)> {
+) -> Result<S, (H1Error, bool)> {
     let mut got_any = !conn.buf.is_empty();
     let parsed = loop {
         if !conn.buf.is_empty() {
@@ -428,37 +428,102 @@ pub async fn read_head(
             Err(e) => return Err((e.into(), got_any)),
         }
     };
-    build(conn, parsed, head_request, upgrade, sent, slot).map_err(|e| (e, true))
-}
-
-fn build(
-    mut conn: Conn,
-    parsed: Parsed,
-    head_request: bool,
-    upgrade: bool,
-    sent: Sent,
-    slot: &Arc<Slot>,
-) -> Result<http::Response<Answer>, H1Error> {
-    let whole = matches!(sent, Sent::Whole);
-    let head = take_head(
-        &mut conn.buf,
-        &mut conn.headers,
-        &parsed,
+    let asked = Asked {
         head_request,
         upgrade,
-        whole,
-    )?;
-    let mut resp = http::Response::new(Answer {
-        conn: Some(conn),
-        framing: head.framing,
-        keep: head.keep,
-        home: head.keep.then(|| slot.clone()),
-    });
-    *resp.status_mut() = head.status;
-    *resp.version_mut() = parsed.version;
-    *resp.headers_mut() = head.headers;
-    resp.body_mut().end_if_done();
-    Ok(resp)
+        whole: matches!(sent, Sent::Whole),
+    };
+    S::take(conn, &parsed, asked, slot).map_err(|e| (e, true))
+}
+
+/// What the request asked of its answer.
+#[derive(Clone, Copy, Debug)]
+pub struct Asked {
+    /// A `HEAD` request: the answer has no body whatever it says.
+    head_request: bool,
+    /// It asked to switch protocols.
+    upgrade: bool,
+    /// It went out whole.
+    whole: bool,
+}
+
+/// The form an answer's head is handed on in: a `http::Response` with a
+/// header map (hyper writes it to the client), or [`RawAnswer`], the head's
+/// bytes (the gate's own HTTP/1.1 path copies them).
+pub trait Shape: Sized {
+    /// Takes the parsed head (headers in [`Conn::headers`]) off `conn`'s buffer.
+    fn take(conn: Conn, parsed: &Parsed, asked: Asked, slot: &Arc<Slot>) -> Result<Self, H1Error>;
+}
+
+impl Shape for http::Response<Answer> {
+    fn take(
+        mut conn: Conn,
+        parsed: &Parsed,
+        asked: Asked,
+        slot: &Arc<Slot>,
+    ) -> Result<Self, H1Error> {
+        let head = take_head(&mut conn.buf, &mut conn.headers, parsed, asked)?;
+        let mut resp = http::Response::new(Answer::new(conn, head.framing, head.keep, slot));
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = parsed.version;
+        *resp.headers_mut() = head.headers;
+        Ok(resp)
+    }
+}
+
+/// An answer as the upstream sent its head: its bytes, where its headers
+/// are in them, and its body.
+pub struct RawAnswer {
+    pub status: StatusCode,
+    pub head: Bytes,
+    pub spans: Vec<Span>,
+    /// The body's length when the answer says it (`Content-Length`); `None`
+    /// for a chunked or close-delimited body.
+    pub length: Option<u64>,
+    /// The answer has no body whatever its headers say (`HEAD`, 204, 304).
+    pub bodiless: bool,
+    pub body: Answer,
+}
+
+impl RawAnswer {
+    pub fn fields(&self) -> Fields<'_> {
+        Fields::Spans {
+            head: &self.head,
+            spans: &self.spans,
+        }
+    }
+}
+
+impl Shape for RawAnswer {
+    fn take(
+        mut conn: Conn,
+        parsed: &Parsed,
+        asked: Asked,
+        slot: &Arc<Slot>,
+    ) -> Result<Self, H1Error> {
+        let status = StatusCode::from_u16(parsed.status)
+            .map_err(|_| H1Error::Malformed("bad status code"))?;
+        let head = conn.buf.split_to(parsed.len).freeze();
+        let spans = std::mem::take(&mut conn.headers);
+        let fields = Fields::Spans {
+            head: &head,
+            spans: &spans,
+        };
+        let (framing, keep) = framing_of(fields, parsed, status, asked)?;
+        let bodiless = asked.head_request
+            || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+        Ok(RawAnswer {
+            status,
+            length: match framing {
+                Framing::Length(n) => Some(n),
+                _ => None,
+            },
+            bodiless,
+            body: Answer::new(conn, framing, keep, slot),
+            head,
+            spans,
+        })
+    }
 }
 
 /// An answer head, taken off the read buffer.
@@ -475,33 +540,26 @@ struct Head {
 /// whole.
 fn take_head(
     buf: &mut BytesMut,
-    found: &mut Vec<(HeaderName, usize, usize)>,
+    found: &mut Vec<Span>,
     parsed: &Parsed,
-    head_request: bool,
-    upgrade: bool,
-    whole: bool,
+    asked: Asked,
 ) -> Result<Head, H1Error> {
     let status =
         StatusCode::from_u16(parsed.status).map_err(|_| H1Error::Malformed("bad status code"))?;
     let head = buf.split_to(parsed.len).freeze();
     // Room for what the gate adds (`X-Request-Id`, a `Set-Cookie`).
     let mut headers = HeaderMap::with_capacity(found.len() + 2);
-    for (name, start, end) in found.drain(..) {
-        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-            .map_err(|_| H1Error::Malformed("bad header value"))?;
+    for span in found.drain(..) {
+        let (start, end) = (span.name.0 as usize, span.name.1 as usize);
+        let name = HeaderName::from_bytes(head.get(start..end).unwrap_or_default())
+            .map_err(|_| H1Error::Malformed("bad header name"))?;
+        let value = HeaderValue::from_maybe_shared(
+            head.slice(span.value.0 as usize..span.value.1 as usize),
+        )
+        .map_err(|_| H1Error::Malformed("bad header value"))?;
         headers.append(name, value);
     }
-    if parsed.version == Version::HTTP_10 && headers.contains_key(TRANSFER_ENCODING) {
-        // RFC 9112 §6.1: faulty framing.
-        return Err(H1Error::Malformed(
-            "Transfer-Encoding in an HTTP/1.0 answer",
-        ));
-    }
-    let framing = framing(&headers, status, head_request, upgrade)?;
-    let keep = whole
-        && parsed.version == Version::HTTP_11
-        && !has_token(&headers, CONNECTION, "close")
-        && !matches!(framing, Framing::Close | Framing::Switch);
+    let (framing, keep) = framing_of(Fields::Map(&headers), parsed, status, asked)?;
     Ok(Head {
         status,
         headers,
@@ -510,19 +568,31 @@ fn take_head(
     })
 }
 
-/// Whether a comma-separated header has `token` (any case).
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+/// The answer's framing, and whether its connection may serve another
+/// request once the body has ended.
+fn framing_of(
+    fields: Fields<'_>,
+    parsed: &Parsed,
+    status: StatusCode,
+    asked: Asked,
+) -> Result<(Framing, bool), H1Error> {
+    if parsed.version == Version::HTTP_10 && fields.has("transfer-encoding") {
+        // RFC 9112 §6.1: faulty framing.
+        return Err(H1Error::Malformed(
+            "Transfer-Encoding in an HTTP/1.0 answer",
+        ));
+    }
+    let framing = framing(fields, status, asked.head_request, asked.upgrade)?;
+    let keep = asked.whole
+        && parsed.version == Version::HTTP_11
+        && !fields.has_token("connection", "close")
+        && !matches!(framing, Framing::Close | Framing::Switch);
+    Ok((framing, keep))
 }
 
 /// How the answer's body is delimited (RFC 9112 §6.3).
 fn framing(
-    headers: &HeaderMap,
+    fields: Fields<'_>,
     status: StatusCode,
     head_request: bool,
     upgrade: bool,
@@ -537,28 +607,27 @@ fn framing(
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Length(0));
     }
-    let te = headers.contains_key(TRANSFER_ENCODING);
-    if te && headers.contains_key(CONTENT_LENGTH) {
+    let te = fields.has("transfer-encoding");
+    if te && fields.has("content-length") {
         return Err(H1Error::Malformed(
             "both Content-Length and Transfer-Encoding",
         ));
     }
     if te {
-        let last = headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|t| !t.is_empty());
+        let last = fields
+            .values("transfer-encoding")
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
+            .last();
         return Ok(match last {
-            Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
+            Some(t) if t.eq_ignore_ascii_case(b"chunked") => Framing::Chunked(Chunk::Size),
             _ => Framing::Close,
         });
     }
     let mut length = None;
-    for v in headers.get_all(CONTENT_LENGTH) {
-        for part in v.to_str().map_err(|_| bad_length())?.split(',') {
+    for v in fields.values("content-length") {
+        for part in std::str::from_utf8(v).map_err(|_| bad_length())?.split(',') {
             let part = part.trim();
             if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(bad_length());
@@ -617,6 +686,25 @@ pub struct Answer {
 }
 
 impl Answer {
+    fn new(conn: Conn, framing: Framing, keep: bool, slot: &Arc<Slot>) -> Self {
+        let mut answer = Answer {
+            conn: Some(conn),
+            framing,
+            keep,
+            home: keep.then(|| slot.clone()),
+        };
+        answer.end_if_done();
+        answer
+    }
+
+    /// Gives the connection back the header list a [`RawAnswer`] took from
+    /// it (for its capacity), if the connection is still here to take it.
+    pub fn recycle(&mut self, spans: Vec<Span>) {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.headers = spans;
+        }
+    }
+
     /// For a `101`: the stream, with what the upstream sent after the head.
     pub fn into_switched(mut self) -> Option<Switched> {
         if self.framing != Framing::Switch {
@@ -831,8 +919,12 @@ pub fn decode_for_fuzzing(
             None => return Err(H1Error::Truncated.to_string()),
         }
     };
-    let head = take_head(&mut buf, &mut found, &parsed, head_request, upgrade, true)
-        .map_err(|e| e.to_string())?;
+    let asked = Asked {
+        head_request,
+        upgrade,
+        whole: true,
+    };
+    let head = take_head(&mut buf, &mut found, &parsed, asked).map_err(|e| e.to_string())?;
     let mut framing = head.framing;
     let mut body = Vec::new();
     loop {

@@ -16,6 +16,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
+use crate::fields::Fields;
 use crate::identity::{self, Identity};
 use crate::session::CookieNames;
 use crate::session::cookies::pairs;
@@ -59,8 +60,8 @@ pub struct Outbound<'a> {
 
 /// A header name the gate owns, in any spelling: `X-Forwarded-*`,
 /// `Forwarded`, `X-Real-IP`, with `_` accepted for `-`.
-pub fn is_owned(name: &str) -> bool {
-    let b = name.as_bytes();
+pub fn is_owned(name: &[u8]) -> bool {
+    let b = name;
     let eq = |s: &str| b.len() == s.len() && b.iter().zip(s.bytes()).all(|(x, y)| norm(*x) == y);
     let prefix =
         |s: &str| b.len() >= s.len() && b.iter().zip(s.bytes()).all(|(x, y)| norm(*x) == y);
@@ -74,50 +75,56 @@ fn norm(b: u8) -> u8 {
     }
 }
 
-/// Whether a `Connection` header of `headers` lists `name`.
-fn connection_lists(headers: &HeaderMap, name: &HeaderName) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+/// Whether `name` (any case) is `known`'s.
+fn is(name: &[u8], known: &HeaderName) -> bool {
+    name.eq_ignore_ascii_case(known.as_str().as_bytes())
 }
 
 /// Whether a request header stays out of what the upstream is sent (the
 /// gate writes its own `Host`, `Connection` and request id; the framing
-/// headers are the HTTP/1.1 client's, and `Expect` hyper has answered).
-fn left_out(name: &HeaderName, headers: &HeaderMap, out: &Outbound<'_>, listing: bool) -> bool {
-    if HOP_BY_HOP.contains(name)
-        || *name == header::HOST
-        || *name == header::CONTENT_LENGTH
-        || *name == header::EXPECT
-        || (*name == header::UPGRADE && !out.upgrade)
-        || (*name == X_REQUEST_ID && out.request_id.is_some())
-        || is_owned(name.as_str())
+/// headers are the HTTP/1.1 client's, and `Expect` was answered on the
+/// client's side). Names are compared in any case: the gate's own HTTP/1.1
+/// path hands them on as the client spelt them.
+fn left_out(name: &[u8], fields: Fields<'_>, out: &Outbound<'_>, listing: bool) -> bool {
+    let upgrade = is(name, &header::UPGRADE);
+    if HOP_BY_HOP.iter().any(|h| is(name, h))
+        || is(name, &header::HOST)
+        || is(name, &header::CONTENT_LENGTH)
+        || is(name, &header::EXPECT)
+        || (upgrade && !out.upgrade)
+        || (out.request_id.is_some() && is(name, &X_REQUEST_ID))
+        || is_owned(name)
     {
         return true;
     }
-    listing && !(out.upgrade && *name == header::UPGRADE) && connection_lists(headers, name)
+    listing && !(out.upgrade && upgrade) && connection_lists(fields, name)
+}
+
+/// Whether a `Connection` header lists `name`.
+fn connection_lists(fields: Fields<'_>, name: &[u8]) -> bool {
+    fields
+        .values("connection")
+        .flat_map(|v| v.split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
 }
 
 /// Writes the request's header lines for the upstream (`name: value` and
-/// CRLF each) into `head`; `headers` are the client's, unchanged.
-pub fn to_upstream(headers: &HeaderMap, out: &Outbound<'_>, head: &mut Vec<u8>) {
-    let listing = headers.contains_key(header::CONNECTION);
+/// CRLF each) into `head`; `fields` are the client's, unchanged.
+pub fn to_upstream(fields: Fields<'_>, out: &Outbound<'_>, head: &mut Vec<u8>) {
+    let listing = fields.has("connection");
     let mut cookies_written = false;
-    for (name, value) in headers {
-        if left_out(name, headers, out, listing) {
+    for (name, value) in fields.iter() {
+        if left_out(name, fields, out, listing) {
             continue;
         }
-        if *name != header::COOKIE {
-            line(head, name.as_str(), value.as_bytes());
+        if !is(name, &header::COOKIE) {
+            line(head, name, value);
         } else if !cookies_written {
             cookies_written = true;
-            write_cookies(headers, value, head);
+            write_cookies(fields, value, head);
         }
     }
-    match out.trusted_peer.then(|| forwarded_chain(headers)).flatten() {
+    match out.trusted_peer.then(|| forwarded_chain(fields)).flatten() {
         Some(chain) => {
             let at = start_line(head, X_FORWARDED_FOR.as_str());
             head.extend_from_slice(chain.as_bytes());
@@ -125,13 +132,25 @@ pub fn to_upstream(headers: &HeaderMap, out: &Outbound<'_>, head: &mut Vec<u8>) 
             head.extend_from_slice(out.peer.as_bytes());
             end_line(head, at);
         }
-        None => line(head, X_FORWARDED_FOR.as_str(), out.peer.as_bytes()),
+        None => line(
+            head,
+            X_FORWARDED_FOR.as_str().as_bytes(),
+            out.peer.as_bytes(),
+        ),
     }
-    line(head, X_FORWARDED_PROTO.as_str(), out.proto.as_bytes());
-    line(head, X_FORWARDED_HOST.as_str(), out.host.as_bytes());
-    line(head, header::HOST.as_str(), out.host.as_bytes());
+    line(
+        head,
+        X_FORWARDED_PROTO.as_str().as_bytes(),
+        out.proto.as_bytes(),
+    );
+    line(
+        head,
+        X_FORWARDED_HOST.as_str().as_bytes(),
+        out.host.as_bytes(),
+    );
+    line(head, b"host", out.host.as_bytes());
     if out.upgrade {
-        line(head, header::CONNECTION.as_str(), b"upgrade");
+        line(head, b"connection", b"upgrade");
     }
     if let Some(identity) = out.identity {
         let claims = [
@@ -146,12 +165,12 @@ pub fn to_upstream(headers: &HeaderMap, out: &Outbound<'_>, head: &mut Vec<u8>) 
             // A claim that cannot be a header value (control characters) is
             // left out rather than mangled.
             if let Some(v) = value.filter(|v| is_value(v.as_bytes())) {
-                line(head, name.as_str(), v.as_bytes());
+                line(head, name.as_str().as_bytes(), v.as_bytes());
             }
         }
     }
     if let Some(id) = out.request_id {
-        line(head, X_REQUEST_ID.as_str(), id);
+        line(head, X_REQUEST_ID.as_str().as_bytes(), id);
     }
 }
 
@@ -163,9 +182,9 @@ fn is_value(bytes: &[u8]) -> bool {
         .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
-fn line(head: &mut Vec<u8>, name: &str, value: &[u8]) {
+fn line(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     head.reserve(name.len() + value.len() + 4);
-    head.extend_from_slice(name.as_bytes());
+    head.extend_from_slice(name);
     head.extend_from_slice(b": ");
     head.extend_from_slice(value);
     head.extend_from_slice(b"\r\n");
@@ -206,11 +225,15 @@ fn end_line(head: &mut Vec<u8>, started: Started) {
 
 /// A trusted proxy's `X-Forwarded-For` (all its lines, joined), if it is
 /// plain printable ASCII; anything else is dropped as if untrusted.
-fn forwarded_chain(headers: &HeaderMap) -> Option<String> {
-    let parts: Vec<&str> = headers
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .map(|v| v.to_str().ok().map(str::trim))
+fn forwarded_chain(fields: Fields<'_>) -> Option<String> {
+    let parts: Vec<&str> = fields
+        .values("x-forwarded-for")
+        .map(|v| {
+            std::str::from_utf8(v)
+                .ok()
+                .filter(|v| is_value(v.as_bytes()) && v.is_ascii())
+                .map(str::trim)
+        })
         .collect::<Option<Vec<_>>>()?;
     let chain = parts.join(", ");
     (!chain.is_empty() && chain.len() <= 1024).then_some(chain)
@@ -221,12 +244,11 @@ fn forwarded_chain(headers: &HeaderMap) -> Option<String> {
 /// upstreams want one), or none when nothing is left. A single header
 /// holding none of the gate's cookies goes on untouched. Cookies are read
 /// as bytes: one that is not ASCII goes on as it came.
-fn write_cookies(headers: &HeaderMap, first: &HeaderValue, head: &mut Vec<u8>) {
-    let values = headers.get_all(header::COOKIE);
+fn write_cookies(fields: Fields<'_>, first: &[u8], head: &mut Vec<u8>) {
     let at = start_line(head, header::COOKIE.as_str());
     // One pass: the kept pairs are written as they are found.
     let mut removed = false;
-    for pair in values.iter().flat_map(|v| pairs(v.as_bytes())) {
+    for pair in fields.values("cookie").flat_map(pairs) {
         if pair.0.is_empty() {
             continue;
         }
@@ -239,9 +261,9 @@ fn write_cookies(headers: &HeaderMap, first: &HeaderValue, head: &mut Vec<u8>) {
         }
         head.extend_from_slice(pair.0);
     }
-    if !removed && values.iter().nth(1).is_none() {
+    if !removed && fields.values("cookie").nth(1).is_none() {
         head.truncate(at.line);
-        return line(head, header::COOKIE.as_str(), first.as_bytes());
+        return line(head, b"cookie", first);
     }
     end_line(head, at);
 }
@@ -291,6 +313,30 @@ pub fn from_upstream(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Whether an upstream answer's header goes on to the client, for the
+/// gate's own HTTP/1.1 path, which copies the answer's head as bytes: the
+/// same headers [`from_upstream`] removes from a map (not an upgrade) stay
+/// behind. `connection`: the answer has a `Connection` header.
+pub fn answer_keeps(name: &[u8], fields: Fields<'_>, connection: bool) -> bool {
+    if HOP_BY_HOP.iter().any(|h| is(name, h)) || is(name, &header::UPGRADE) {
+        return false;
+    }
+    !(connection
+        && fields
+            .values("connection")
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .any(|t| !names_no_header(t) && t.eq_ignore_ascii_case(name)))
+}
+
+/// `Connection` tokens that name no header of their own.
+fn names_no_header(token: &[u8]) -> bool {
+    token.is_empty()
+        || [&b"close"[..], b"keep-alive", b"upgrade"]
+            .iter()
+            .any(|t| token.eq_ignore_ascii_case(t))
+}
+
 /// Removes the headers a `Connection` value lists, but for the tokens that
 /// name no header of their own.
 fn remove_listed(headers: &mut HeaderMap, connection: &HeaderValue) {
@@ -298,10 +344,7 @@ fn remove_listed(headers: &mut HeaderMap, connection: &HeaderValue) {
         return;
     };
     for token in listed.split(',').map(str::trim) {
-        let plain = ["close", "keep-alive", "upgrade"]
-            .iter()
-            .any(|t| token.eq_ignore_ascii_case(t));
-        if !plain && !token.is_empty() {
+        if !names_no_header(token.as_bytes()) {
             headers.remove(token);
         }
     }

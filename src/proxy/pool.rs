@@ -24,15 +24,15 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use http::{Method, Response};
+use http::Method;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use url::{Host, Url};
 
 use super::ProxyError;
-use super::h1::{self, Answer, Conn, SendError};
+use super::h1::{self, Conn, SendError};
 use super::stream::Stream;
-use crate::respond::{self, Body};
+use crate::respond::Body;
 
 /// Idle upstream connections a serving thread keeps per upstream: as many
 /// as nginx's `keepalive 256` per worker. A bound well above what a thread
@@ -146,7 +146,8 @@ pub struct Encoded<'a> {
     pub method: &'a Method,
     pub head: &'a [u8],
     pub framing: h1::Outgoing,
-    pub body: Body,
+    /// `None`: the request has none.
+    pub body: Option<Body>,
 }
 
 thread_local! {
@@ -275,12 +276,12 @@ impl Pool {
 
     /// Sends `req` and reads the answer's head. `upgrade`: the request asks
     /// to switch protocols, so a `101` is expected.
-    pub async fn send(
+    pub async fn send<S: h1::Shape>(
         &self,
         req: Encoded<'_>,
         upgrade: bool,
         slot: &Arc<Slot>,
-    ) -> Result<Response<Answer>, ProxyError> {
+    ) -> Result<S, ProxyError> {
         let Encoded {
             method,
             head,
@@ -297,10 +298,8 @@ impl Pool {
                 None => (self.connect().await?, false),
             };
             let again = reused && repeatable;
-            let body = match body.take() {
-                Some(body) => body,
-                None => respond::empty(), // only when repeating a request without one
-            };
+            // Taken by the first try; a repeat is of a request without one.
+            let body = body.take().flatten();
             let sent = match h1::send(&mut conn, head, body, framing).await {
                 Ok(sent) => sent,
                 Err(SendError::Body(e)) => return Err(ProxyError::ClientBody(e)),

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue};
 
-use super::cookies::{CookieNames, MAX_PARTS, Part, request_cookie_bytes};
+use super::cookies::{CookieNames, MAX_PARTS, Part, cookie_bytes};
 use super::{Recent, Revocation, Revocations, Sealer, Session, Store, StoreError};
+use crate::fields::Fields;
 
 /// Longest value in one cookie; with name and attributes it stays under the
 /// ~4096 bytes browsers accept.
@@ -53,12 +54,12 @@ struct Found<'a> {
 }
 
 impl<'a> Found<'a> {
-    fn scan(names: &CookieNames, headers: &'a HeaderMap) -> Self {
+    fn scan(names: &CookieNames, fields: Fields<'a>) -> Self {
         let mut f = Found {
             whole: None,
             parts: [[None; MAX_PARTS]; MAX_PARTS + 1],
         };
-        for (name, value) in request_cookie_bytes(headers) {
+        for (name, value) in cookie_bytes(fields) {
             if value.len() > PART_MAX + 64 {
                 continue;
             }
@@ -90,8 +91,8 @@ impl<'a> Found<'a> {
 impl CookieStore {
     /// The first sealed value among the request's session cookies (whole,
     /// then split over 2, 3, … parts) that `open` accepts.
-    fn find<T>(&self, headers: &HeaderMap, open: impl Fn(&[u8]) -> Option<T>) -> Option<T> {
-        let found = Found::scan(&self.names, headers);
+    fn find<T>(&self, fields: Fields<'_>, open: impl Fn(&[u8]) -> Option<T>) -> Option<T> {
+        let found = Found::scan(&self.names, fields);
         if let Some(session) = found.whole.and_then(&open) {
             return Some(session);
         }
@@ -118,11 +119,11 @@ impl CookieStore {
 
 impl Store for CookieStore {
     fn load(&self, headers: &HeaderMap) -> Option<Session> {
-        self.find(headers, |sealed| self.open(sealed))
+        self.find(Fields::Map(headers), |sealed| self.open(sealed))
     }
 
-    fn load_recent(&self, headers: &HeaderMap, recent: &Recent) -> Option<Arc<Session>> {
-        self.find(headers, |sealed| match recent.get(sealed) {
+    fn load_recent(&self, fields: Fields<'_>, recent: &Recent) -> Option<Arc<Session>> {
+        self.find(fields, |sealed| match recent.get(sealed) {
             Some(session) => (!self.revoked.is_revoked(&session)).then_some(session),
             None => {
                 let session = Arc::new(self.open(sealed)?);
@@ -165,7 +166,7 @@ impl Store for CookieStore {
             );
         }
         // Remove stale parts of an earlier, differently split session.
-        for stale in Found::scan(&self.names, request)
+        for stale in Found::scan(&self.names, Fields::Map(request))
             .present()
             .filter(|p| !written.contains(p))
         {
@@ -183,7 +184,7 @@ impl Store for CookieStore {
     }
 
     fn clear(&self, request: &HeaderMap, out: &mut Vec<HeaderValue>) {
-        let found = Found::scan(&self.names, request);
+        let found = Found::scan(&self.names, Fields::Map(request));
         let mut any = false;
         for part in found.present() {
             any = true;

@@ -8,8 +8,9 @@
 //! earlier versions (`__Secure-ssogate-login-…`) are still recognised as
 //! the gate's and never forwarded.
 
+use crate::fields::Fields;
 use cookie::{Cookie, SameSite};
-use http::{HeaderMap, HeaderValue, header};
+use http::{HeaderMap, HeaderValue};
 
 /// Largest number of parts a session may be split into.
 pub const MAX_PARTS: usize = 8;
@@ -140,14 +141,15 @@ fn digit(b: u8) -> Option<usize> {
 /// on its own, so one cookie that is not ASCII (another application's, on
 /// the same site) hides none of the others.
 pub fn request_cookie_bytes(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .flat_map(|v| pairs(v.as_bytes()))
-        .filter_map(|pair| {
-            let (name, value) = pair.split()?;
-            (!name.is_empty()).then_some((name, value))
-        })
+    cookie_bytes(Fields::Map(headers))
+}
+
+/// [`request_cookie_bytes`] over header fields in either form.
+pub fn cookie_bytes(fields: Fields<'_>) -> impl Iterator<Item = (&[u8], &[u8])> {
+    fields.values("cookie").flat_map(pairs).filter_map(|pair| {
+        let (name, value) = pair.split()?;
+        (!name.is_empty()).then_some((name, value))
+    })
 }
 
 /// [`request_cookie_bytes`], for pairs whose name and value are UTF-8.
@@ -201,6 +203,7 @@ pub fn pairs(value: &[u8]) -> impl Iterator<Item = Pair<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
 
     #[test]
     fn part_names_are_parsed_strictly() {

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{FutureExt as _, StreamExt as _, stream};
-use http::{Request, Response, header};
+use http::header::TRANSFER_ENCODING;
+use http::{Method, Request, Response, header};
 use http_body_util::{BodyExt as _, StreamBody};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -227,15 +228,17 @@ async fn send_request(addr: SocketAddr, req: Request<Body>) -> (Conn, Result<Sen
         .map_or("/", |pq| pq.as_str())
         .to_owned();
     let mut head = Vec::new();
+    let ended = http_body::Body::is_end_stream(&body);
     let framing = encode_head(
-        &parts.method,
-        ("", &target),
+        parts.method.as_str().as_bytes(),
+        (b"", target.as_bytes()),
         content_length(&parts.headers),
-        &body,
+        ended,
         &mut head,
         |h| plain_headers(&parts.headers, h),
     );
     let mut conn = connect(addr).await;
+    let body = (!ended).then_some(body);
     let sent = within("sending the request", send(&mut conn, &head, body, framing)).await;
     (conn, sent)
 }
@@ -319,14 +322,9 @@ fn encode_head_without_a_body_has_no_framing() {
     headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
     headers.insert(header::HOST, HeaderValue::from_static("upstream.test"));
     let mut head = Vec::new();
-    let framing = encode_head(
-        &Method::GET,
-        ("/base", "/x?y=1"),
-        None,
-        &respond::empty(),
-        &mut head,
-        |h| plain_headers(&headers, h),
-    );
+    let framing = encode_head(b"GET", (b"/base", b"/x?y=1"), None, true, &mut head, |h| {
+        plain_headers(&headers, h)
+    });
     assert_eq!(framing, Outgoing::Empty);
     assert!(head.ends_with(b"\r\n\r\n"));
     assert_eq!(
@@ -382,10 +380,10 @@ fn encode_head_frames_a_body_by_its_content_length() {
         }
         let mut head = Vec::new();
         let framing = encode_head(
-            &Method::POST,
-            ("", "/up"),
+            b"POST",
+            (b"", b"/up"),
             content_length(&headers),
-            &body,
+            http_body::Body::is_end_stream(&body),
             &mut head,
             |h| plain_headers(&headers, h),
         );
@@ -533,7 +531,7 @@ async fn an_interim_answer_during_an_upload_does_not_stop_it() {
     drop(frames_tx);
     let (conn, sent) = within("sending", client).await.unwrap();
     assert!(matches!(sent, Ok(Sent::Whole)), "{sent:?}");
-    let resp = read_head(conn, false, false, Sent::Whole, &Arc::default())
+    let resp: Response<Answer> = read_head(conn, false, false, Sent::Whole, &Arc::default())
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
@@ -548,7 +546,7 @@ async fn an_answer_after_the_whole_sized_body_is_not_early() {
     // The body's end (an HTTP/2 client's END_STREAM, say) is still to come.
     let (conn, sent) = send_request(up.addr, request(Method::POST, Some(5), body)).await;
     assert!(matches!(sent, Ok(Sent::Whole)), "{sent:?}");
-    let resp = read_head(conn, false, false, Sent::Whole, &Arc::default())
+    let resp: Response<Answer> = read_head(conn, false, false, Sent::Whole, &Arc::default())
         .await
         .unwrap();
     assert_eq!(body_of(resp).await.unwrap(), "ok");
@@ -872,7 +870,7 @@ async fn upload_refused_early(length: u64, body: Body) {
     let (addr, drain, server) = refusing_upstream().await;
     let (conn, sent) = send_request(addr, request(Method::POST, Some(length), body)).await;
     assert!(matches!(sent, Ok(Sent::Early)), "{sent:?}");
-    let resp = within(
+    let resp: Response<Answer> = within(
         "the answer",
         read_head(conn, false, false, Sent::Early, &Arc::default()),
     )

@@ -2,6 +2,7 @@ use http::{HeaderMap, HeaderValue, header};
 use proptest::prelude::*;
 
 use super::*;
+use crate::fields::Fields;
 
 /// `10.1.2.3`, the peer of every test request.
 static PEER: HeaderValue = HeaderValue::from_static("10.1.2.3");
@@ -28,10 +29,53 @@ fn outbound<'a>(
 
 /// The header lines `to_upstream` writes for `h`, each checked to be one
 /// well-formed `name: value` line, parsed back into a map.
+/// Both forms of the fields are checked to give the same lines: the map,
+/// and the same headers written as a head and parsed in place, as the
+/// gate's own HTTP/1.1 path reads them.
 fn sent(h: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
-    let mut head = Vec::new();
-    to_upstream(h, out, &mut head);
+    let head = lines(h, out);
     let text = String::from_utf8(head).expect("the lines here are UTF-8");
+    parse_lines(&text)
+}
+
+/// [`to_upstream`] over `h` as a map and as a parsed head; the two must agree.
+fn lines(h: &HeaderMap, out: &Outbound<'_>) -> Vec<u8> {
+    let mut head = Vec::new();
+    to_upstream(Fields::Map(h), out, &mut head);
+    let mut wire = b"GET / HTTP/1.1\r\n".to_vec();
+    for (name, value) in h {
+        wire.extend_from_slice(name.as_str().as_bytes());
+        wire.extend_from_slice(b": ");
+        wire.extend_from_slice(value.as_bytes());
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"\r\n");
+    let mut parsed = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut parsed);
+    assert!(req.parse(&wire).unwrap().is_complete());
+    let spans: Vec<crate::fields::Span> = req
+        .headers
+        .iter()
+        .map(|f| crate::fields::Span::of(&wire, f.name.as_bytes(), f.value))
+        .collect();
+    let mut in_place = Vec::new();
+    to_upstream(
+        Fields::Spans {
+            head: &wire,
+            spans: &spans,
+        },
+        out,
+        &mut in_place,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&in_place),
+        String::from_utf8_lossy(&head),
+        "a parsed head forwards as its map does"
+    );
+    head
+}
+
+fn parse_lines(text: &str) -> HeaderMap {
     assert!(
         text.is_empty() || text.ends_with("\r\n"),
         "every line ends with CRLF: {text:?}"
@@ -157,8 +201,7 @@ fn a_cookie_that_is_not_ascii_goes_on_and_the_gates_still_does_not() {
         header::COOKIE,
         HeaderValue::from_bytes(b"theme=gr\xfcn; __Host-ssogate=secret; b=2").unwrap(),
     );
-    let mut head = Vec::new();
-    to_upstream(&h, &outbound(&HTTPS, &G, None, false), &mut head);
+    let head = lines(&h, &outbound(&HTTPS, &G, None, false));
     let cookie_lines: Vec<&[u8]> = head
         .split(|&b| b == b'\n')
         .filter(|l| l.starts_with(b"cookie: "))
@@ -175,12 +218,7 @@ fn claims_become_headers_and_hostile_values_are_dropped() {
         name: Some("Alice".into()),
         preferred_username: Some("Ålice".into()),
     };
-    let mut head = Vec::new();
-    to_upstream(
-        &HeaderMap::new(),
-        &outbound(&HTTPS, &G, Some(&id), false),
-        &mut head,
-    );
+    let head = lines(&HeaderMap::new(), &outbound(&HTTPS, &G, Some(&id), false));
     assert!(
         !head.windows(6).any(|w| w == b"X-Evil"),
         "CR/LF must never reach a header"
@@ -256,6 +294,19 @@ fn answer_hop_by_hop_headers_go_and_an_upgrade_keeps_its_own() {
         h
     };
     let mut plain = answer();
+    let all = answer();
+    let fields = Fields::Map(&all);
+    let connection = fields.has("connection");
+    let kept: Vec<&str> = all
+        .keys()
+        .filter(|n| answer_keeps(n.as_str().as_bytes(), fields, connection))
+        .map(HeaderName::as_str)
+        .collect();
+    assert_eq!(
+        kept,
+        ["content-type"],
+        "the in-place path keeps what the map keeps"
+    );
     from_upstream(&mut plain, false);
     assert_eq!(
         plain.keys().map(HeaderName::as_str).collect::<Vec<_>>(),

@@ -6,7 +6,6 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::respond;
 
 /// How the test upstream treats a connection after an answer.
 #[derive(Clone, Copy)]
@@ -88,14 +87,19 @@ fn pool(target: &Url) -> Pool {
 
 /// A request without a body, as it goes on the wire.
 fn request<'a>(method: &'a Method, path: &str, head: &'a mut Vec<u8>) -> Encoded<'a> {
-    let framing = h1::encode_head(method, ("", path), None, &respond::empty(), head, |h| {
-        h.extend_from_slice(b"host: upstream.test\r\n")
-    });
+    let framing = h1::encode_head(
+        method.as_str().as_bytes(),
+        (b"", path.as_bytes()),
+        None,
+        true,
+        head,
+        |h| h.extend_from_slice(b"host: upstream.test\r\n"),
+    );
     Encoded {
         method,
         head,
         framing,
-        body: respond::empty(),
+        body: None,
     }
 }
 
@@ -107,7 +111,7 @@ async fn call(pool: &Pool, method: Method) -> Result<String, ProxyError> {
 /// One request from the client connection that owns `slot`.
 async fn call_from(pool: &Pool, method: Method, slot: &Arc<Slot>) -> Result<String, ProxyError> {
     let mut head = Vec::new();
-    let resp = pool
+    let resp: http::Response<h1::Answer> = pool
         .send(request(&method, "/x", &mut head), false, slot)
         .await?;
     assert_eq!(resp.status(), 200);
@@ -203,7 +207,7 @@ async fn a_thread_keeps_a_bounded_number_of_idle_connections() {
     for _ in 0..many {
         // Hold every answer unread so no connection is free for the next.
         let mut head = Vec::new();
-        let resp = pool
+        let resp: http::Response<h1::Answer> = pool
             .send(
                 request(&Method::GET, "/slow", &mut head),
                 false,
@@ -230,7 +234,7 @@ async fn an_answer_dropped_before_its_end_closes_its_connection() {
     let (target, accepted) = upstream(After::KeepAlive).await;
     let pool = pool(&target);
     let mut head = Vec::new();
-    let resp = pool
+    let resp: http::Response<h1::Answer> = pool
         .send(
             request(&Method::GET, "/slow", &mut head),
             false,

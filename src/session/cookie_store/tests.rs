@@ -4,6 +4,7 @@ use http::{HeaderMap, HeaderValue, header};
 
 use super::*;
 use crate::config::Secret;
+use crate::fields::Fields;
 use crate::identity::Identity;
 
 fn store(key: u8) -> CookieStore {
@@ -175,8 +176,8 @@ fn a_connections_recent_session_answers_its_cookie_and_still_sees_revocation() {
         .unwrap();
     let req = as_request(&out);
     assert!(out.len() > 1, "split over parts: {}", out.len());
-    let first = s.load_recent(&req, &recent).unwrap();
-    let again = s.load_recent(&req, &recent).unwrap();
+    let first = s.load_recent(Fields::Map(&req), &recent).unwrap();
+    let again = s.load_recent(Fields::Map(&req), &recent).unwrap();
     assert!(
         Arc::ptr_eq(&first, &again),
         "the second request is answered from the memo"
@@ -187,16 +188,21 @@ fn a_connections_recent_session_answers_its_cookie_and_still_sees_revocation() {
     other.id = "sid-2".into();
     let mut out2 = Vec::new();
     s.save(&other, &HeaderMap::new(), 1_000, &mut out2).unwrap();
-    let second = s.load_recent(&as_request(&out2), &recent).unwrap();
+    let second = s
+        .load_recent(Fields::Map(&as_request(&out2)), &recent)
+        .unwrap();
     assert_eq!(second.id, "sid-2");
-    let back = s.load_recent(&req, &recent).unwrap();
+    let back = s.load_recent(Fields::Map(&req), &recent).unwrap();
     assert!(!Arc::ptr_eq(&first, &back), "opened anew");
 
     // A tampered value is never taken for the remembered one.
     let mut tampered = out.clone();
     let v = tampered[0].to_str().unwrap().replacen('=', "=A", 1);
     tampered[0] = HeaderValue::from_str(&v).unwrap();
-    assert!(s.load_recent(&as_request(&tampered), &recent).is_none());
+    assert!(
+        s.load_recent(Fields::Map(&as_request(&tampered)), &recent)
+            .is_none()
+    );
 
     s.revoke(
         crate::session::Revocation::Session { id: "sid-1".into() },
@@ -204,7 +210,7 @@ fn a_connections_recent_session_answers_its_cookie_and_still_sees_revocation() {
         1_000,
     );
     assert!(
-        s.load_recent(&req, &recent).is_none(),
+        s.load_recent(Fields::Map(&req), &recent).is_none(),
         "revoked while remembered"
     );
 }

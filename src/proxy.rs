@@ -167,16 +167,7 @@ impl Proxy {
         } else {
             Some(Body::boxed(idle::Idle::new(body, self.body_idle_timeout)))
         };
-        let out = headers::Outbound {
-            peer: fwd.peer_value,
-            proto: &self.proto,
-            host: &self.public_host,
-            identity: fwd.identity,
-            upgrade: is_upgrade,
-            trusted_peer: !self.trusted_proxies.is_empty()
-                && self.trusted_proxies.iter().any(|n| n.contains(&fwd.peer)),
-            request_id: fwd.request_id,
-        };
+        let out = self.outbound(&fwd, is_upgrade);
         // Origin-form, under the upstream URL's path.
         let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
         let mut wire = pool::HeadBuf::take();
@@ -221,19 +212,85 @@ impl Proxy {
         }
         let (mut parts, body) = resp.into_parts();
         headers::from_upstream(&mut parts.headers, false);
-        // Long answers follow the session: streams of unknown length and
-        // large downloads. Small ones finish long before a session could end
-        // and skip the cost of a lease.
-        let long = parts
+        let length = parts
             .headers
             .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .is_none_or(|n| n > LONG_BODY_BYTES);
-        let streamed = !head && long && !matches!(parts.status.as_u16(), 100..=199 | 204 | 304);
-        let body = match streamed.then(guard).flatten() {
-            Some(guard) => Body::boxed(Cutoff::new(body, guard)),
-            None => Body::Answer(body),
-        };
-        Ok(Response::from_parts(parts, body))
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let bodiless = head || matches!(parts.status.as_u16(), 100..=199 | 204 | 304);
+        Ok(Response::from_parts(
+            parts,
+            follow_session(body, length, bodiless, guard),
+        ))
+    }
+
+    /// [`Proxy::forward`] for a request the server's own HTTP/1.1 path
+    /// parsed in place (no body, no upgrade): the upstream's answer head
+    /// comes back as its bytes, for that path to copy to the client.
+    pub async fn forward_raw(
+        &self,
+        req: &crate::router::fast::Request<'_>,
+        fwd: Forward<'_>,
+        guard: impl FnOnce() -> Option<Guard>,
+    ) -> Result<(h1::AnswerHead, Body), ProxyError> {
+        let out = self.outbound(&fwd, false);
+        let mut wire = pool::HeadBuf::take();
+        let framing = h1::encode_head(
+            req.method,
+            (self.base_path.as_bytes(), req.target),
+            req.length,
+            true,
+            &mut wire.0,
+            |h| headers::to_upstream(req.fields, &out, h),
+        );
+        // A token the server checked (httparse); standard ones cost no allocation.
+        let method = Method::from_bytes(req.method).map_err(|_| ProxyError::Uri)?;
+        let answer: h1::RawAnswer = self
+            .pool
+            .send(
+                pool::Encoded {
+                    method: &method,
+                    head: &wire.0,
+                    framing,
+                    body: None,
+                },
+                false,
+                fwd.upstream,
+            )
+            .await?;
+        drop(wire);
+        let h1::RawAnswer { head, body } = answer;
+        let body = follow_session(body, head.length, head.bodiless, guard);
+        Ok((head, body))
+    }
+
+    /// What the gate adds to a forwarded request's headers.
+    fn outbound<'a>(&'a self, fwd: &Forward<'a>, upgrade: bool) -> headers::Outbound<'a> {
+        headers::Outbound {
+            peer: fwd.peer_value,
+            proto: &self.proto,
+            host: &self.public_host,
+            identity: fwd.identity,
+            upgrade,
+            trusted_peer: !self.trusted_proxies.is_empty()
+                && self.trusted_proxies.iter().any(|n| n.contains(&fwd.peer)),
+            request_id: fwd.request_id,
+        }
+    }
+}
+
+/// An answer's body, tied to its session when it is long: streams of
+/// unknown length and large downloads end when the session does. Small
+/// ones finish long before a session could end and skip the cost of a
+/// lease. `bodiless`: the answer has no body whatever it says.
+fn follow_session(
+    body: h1::Answer,
+    length: Option<u64>,
+    bodiless: bool,
+    guard: impl FnOnce() -> Option<Guard>,
+) -> Body {
+    let long = length.is_none_or(|n| n > LONG_BODY_BYTES);
+    match (!bodiless && long).then(guard).flatten() {
+        Some(guard) => Body::boxed(Cutoff::new(body, guard)),
+        None => Body::Answer(body),
     }
 }

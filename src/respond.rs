@@ -85,10 +85,14 @@ pub fn empty() -> Body {
 
 /// Whether the client prefers an HTML page (a browser) to JSON.
 pub fn wants_html(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .any(|v| contains_ignore_case(v.as_bytes(), b"text/html"))
+    wants_html_in(crate::fields::Fields::Map(headers))
+}
+
+/// [`wants_html`] over header fields in either form.
+pub fn wants_html_in(fields: crate::fields::Fields<'_>) -> bool {
+    fields
+        .values("accept")
+        .any(|v| contains_ignore_case(v, b"text/html"))
 }
 
 /// ASCII case-insensitive substring search, without allocating.

@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response, header};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use tracing::Instrument as _;
+
+pub mod fast;
 
 use crate::config::Config;
 use crate::fields::Fields;
@@ -424,7 +426,17 @@ fn upstream_failed(
 
 /// The token of `Authorization: Bearer …`, if that is the scheme.
 pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    bearer_token_in(Fields::Map(headers))
+}
+
+/// [`bearer_token`] over header fields in either form.
+pub fn bearer_token_in(fields: Fields<'_>) -> Option<&str> {
+    let v = fields.get("authorization")?;
+    // What `HeaderValue::to_str` accepts: visible ASCII and tabs.
+    if !v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+        return None;
+    }
+    let v = std::str::from_utf8(v).ok()?;
     let (scheme, token) = v.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)

@@ -50,12 +50,15 @@ pub(crate) use write_through;
 
 mod balance;
 mod drain;
+mod fast;
 mod first_bytes;
 mod framing;
 pub mod tls;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -66,7 +69,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use self::balance::{Balance, Handoff, Lane, Load};
-use self::drain::Drain;
+use self::drain::{Drain, Graceful, Hyper};
 use self::first_bytes::FirstBytes;
 use self::framing::{Framing, Verdicts};
 pub use self::framing::{follow_for_fuzzing, scan_for_fuzzing};
@@ -313,25 +316,24 @@ impl Conns {
         slot: tokio::sync::OwnedSemaphorePermit,
         load: Option<Load>,
     ) {
-        let state = self.state.clone();
-        let builder = self.builder.clone();
         let watcher = self.graceful.watcher();
         let tls = self.tls.clone();
         let handshake_timeout = self.header_read_timeout;
-        let max_head = self.max_head;
+        let hyper = ToHyper {
+            builder: self.builder.clone(),
+            state: self.state.clone(),
+            max_head: self.max_head,
+            first_bytes: self.header_read_timeout,
+        };
+        let limits = fast::Limits {
+            header_read_timeout: self.header_read_timeout,
+            max_head: self.max_head,
+        };
         tokio::spawn(async move {
-            let verdicts = Arc::new(Verdicts::default());
-            let seen = verdicts.clone();
             // The slot and the load go with the connection's own state, so
             // that a WebSocket it switches to keeps them (router::Held).
             let client = Arc::new(ClientConn::new(peer, Arc::new((slot, load))));
-            let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                if seen.next_is_ambiguous() {
-                    req.extensions_mut().insert(AmbiguousFraming);
-                }
-                router::handle(state.clone(), req, client.clone())
-            });
-            match tls {
+            let served = match tls {
                 Some(acceptor) => {
                     let stream = match tokio::time::timeout(
                         handshake_timeout,
@@ -345,32 +347,139 @@ impl Conns {
                         }
                         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                     };
-                    let io = Framing::new(
-                        FirstBytes::new(stream, handshake_timeout),
-                        max_head,
-                        verdicts,
-                    );
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(io), service)
-                        .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
+                    watcher
+                        .watch(Connection::new(stream, client, hyper, limits))
+                        .await
                 }
                 None => {
-                    let io = Framing::new(
-                        FirstBytes::new(stream, handshake_timeout),
-                        max_head,
-                        verdicts,
-                    );
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(io), service)
-                        .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
+                    watcher
+                        .watch(Connection::new(stream, client, hyper, limits))
+                        .await
                 }
+            };
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What handing a connection to hyper needs.
+struct ToHyper {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    state: Arc<State>,
+    max_head: usize,
+    /// Bounds the wait for the first bytes (see `first_bytes.rs`).
+    first_bytes: Duration,
+}
+
+impl ToHyper {
+    /// hyper (HTTP/1.1 with the framing watcher, or HTTP/2) serving `io`
+    /// for `client`.
+    fn serve<I>(self, io: I, client: Arc<ClientConn>) -> HyperConn
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let verdicts = Arc::new(Verdicts::default());
+        let seen = verdicts.clone();
+        let state = self.state;
+        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            if seen.next_is_ambiguous() {
+                req.extensions_mut().insert(AmbiguousFraming);
+            }
+            router::handle(state.clone(), req, client.clone())
+        });
+        let io = Framing::new(FirstBytes::new(io, self.first_bytes), self.max_head, verdicts);
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        Box::pin(Hyper::new(conn))
+    }
+}
+
+type HyperConn = Pin<Box<dyn Graceful<Output = Result<(), BoxError>> + Send>>;
+
+/// A client connection: served by the own HTTP/1.1 path (`server/fast.rs`)
+/// until a request needs hyper, then by hyper with the bytes read so far.
+struct Connection<I> {
+    phase: Phase<I>,
+    stop: Arc<fast::Stop>,
+    /// Asked to finish (a drain).
+    draining: bool,
+    client: Arc<ClientConn>,
+    to_hyper: Option<ToHyper>,
+}
+
+enum Phase<I> {
+    Own(Pin<Box<dyn Future<Output = fast::Ended<I>> + Send>>),
+    Hyper(HyperConn),
+    Done,
+}
+
+impl<I> Connection<I>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    fn new(io: I, client: Arc<ClientConn>, to_hyper: ToHyper, limits: fast::Limits) -> Self {
+        let stop = Arc::new(fast::Stop::default());
+        let own = {
+            let (state, client, stop) = (to_hyper.state.clone(), client.clone(), stop.clone());
+            Box::pin(async move { fast::serve(io, &state, &client, limits, &stop).await })
+        };
+        Self {
+            phase: Phase::Own(own),
+            stop,
+            draining: false,
+            client,
+            to_hyper: Some(to_hyper),
+        }
+    }
+}
+
+impl<I> Future for Connection<I>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    type Output = Result<(), BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.phase {
+                Phase::Own(own) => match std::task::ready!(own.as_mut().poll(cx)) {
+                    fast::Ended::Closed => this.phase = Phase::Done,
+                    fast::Ended::HandOver { io, read } => {
+                        let Some(to_hyper) = this.to_hyper.take() else {
+                            this.phase = Phase::Done;
+                            continue;
+                        };
+                        let mut conn = to_hyper.serve(fast::Prefixed::new(read, io), this.client.clone());
+                        if this.draining {
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        this.phase = Phase::Hyper(conn);
+                    }
+                },
+                Phase::Hyper(conn) => return conn.as_mut().poll(cx),
+                Phase::Done => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+impl<I> Graceful for Connection<I>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        let this = self.get_mut();
+        this.draining = true;
+        this.stop.set();
+        if let Phase::Hyper(conn) = &mut this.phase {
+            conn.as_mut().graceful_shutdown();
+        }
     }
 }

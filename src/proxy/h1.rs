@@ -471,27 +471,64 @@ impl Shape for http::Response<Answer> {
     }
 }
 
-/// An answer as the upstream sent its head: its bytes, where its headers
-/// are in them, and its body.
+/// An answer as the upstream sent it: its head's bytes, and its body.
 pub struct RawAnswer {
+    pub head: AnswerHead,
+    pub body: Answer,
+}
+
+/// An answer's head as the upstream sent it: its bytes and where its
+/// headers are in them.
+pub struct AnswerHead {
     pub status: StatusCode,
-    pub head: Bytes,
-    pub spans: Vec<Span>,
+    pub bytes: Bytes,
+    spans: Vec<Span>,
     /// The body's length when the answer says it (`Content-Length`); `None`
     /// for a chunked or close-delimited body.
     pub length: Option<u64>,
     /// The answer has no body whatever its headers say (`HEAD`, 204, 304).
     pub bodiless: bool,
-    pub body: Answer,
 }
 
-impl RawAnswer {
+impl AnswerHead {
     pub fn fields(&self) -> Fields<'_> {
         Fields::Spans {
-            head: &self.head,
+            head: &self.bytes,
             spans: &self.spans,
         }
     }
+}
+
+thread_local! {
+    /// Header lists of answer heads handed on as bytes, kept for their
+    /// capacity: an upstream connection's own list goes with the head, and
+    /// one of these takes its place.
+    static SPARE_SPANS: std::cell::RefCell<Vec<Vec<Span>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Drop for AnswerHead {
+    fn drop(&mut self) {
+        let mut spans = std::mem::take(&mut self.spans);
+        if spans.capacity() == 0 || spans.capacity() > MAX_HEADERS {
+            return;
+        }
+        spans.clear();
+        let _ = SPARE_SPANS.try_with(|spare| {
+            if let Ok(mut spare) = spare.try_borrow_mut()
+                && spare.len() < 64
+            {
+                spare.push(spans);
+            }
+        });
+    }
+}
+
+fn spare_spans() -> Vec<Span> {
+    SPARE_SPANS
+        .try_with(|spare| spare.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }
 
 impl Shape for RawAnswer {
@@ -503,25 +540,27 @@ impl Shape for RawAnswer {
     ) -> Result<Self, H1Error> {
         let status = StatusCode::from_u16(parsed.status)
             .map_err(|_| H1Error::Malformed("bad status code"))?;
-        let head = conn.buf.split_to(parsed.len).freeze();
-        let spans = std::mem::take(&mut conn.headers);
+        let bytes = conn.buf.split_to(parsed.len).freeze();
+        let spans = std::mem::replace(&mut conn.headers, spare_spans());
         let fields = Fields::Spans {
-            head: &head,
+            head: &bytes,
             spans: &spans,
         };
         let (framing, keep) = framing_of(fields, parsed, status, asked)?;
         let bodiless = asked.head_request
             || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
         Ok(RawAnswer {
-            status,
-            length: match framing {
-                Framing::Length(n) => Some(n),
-                _ => None,
+            head: AnswerHead {
+                status,
+                length: match framing {
+                    Framing::Length(n) => Some(n),
+                    _ => None,
+                },
+                bodiless,
+                bytes,
+                spans,
             },
-            bodiless,
             body: Answer::new(conn, framing, keep, slot),
-            head,
-            spans,
         })
     }
 }
@@ -695,14 +734,6 @@ impl Answer {
         };
         answer.end_if_done();
         answer
-    }
-
-    /// Gives the connection back the header list a [`RawAnswer`] took from
-    /// it (for its capacity), if the connection is still here to take it.
-    pub fn recycle(&mut self, spans: Vec<Span>) {
-        if let Some(conn) = self.conn.as_mut() {
-            conn.headers = spans;
-        }
     }
 
     /// For a `101`: the stream, with what the upstream sent after the head.

@@ -16,6 +16,39 @@ use tokio::sync::watch;
 
 use crate::proxy::wake_flag::WakeFlag;
 
+/// A connection that can be asked to finish what it serves, then close.
+pub trait Graceful: Future {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+pin_project_lite::pin_project! {
+    /// A hyper(-util) connection, as [`Graceful`].
+    pub struct Hyper<C> {
+        #[pin]
+        conn: C,
+    }
+}
+
+impl<C> Hyper<C> {
+    pub fn new(conn: C) -> Self {
+        Self { conn }
+    }
+}
+
+impl<C: GracefulConnection> Future for Hyper<C> {
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        self.project().conn.poll(cx)
+    }
+}
+
+impl<C: GracefulConnection> Graceful for Hyper<C> {
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        self.project().conn.graceful_shutdown();
+    }
+}
+
 pub struct Drain {
     tx: watch::Sender<()>,
 }
@@ -54,7 +87,7 @@ pub struct Watcher {
 impl Watcher {
     /// Serves `conn`; once [`Drain::shutdown`] is called (or the `Drain` is
     /// dropped), it is asked to finish gracefully.
-    pub fn watch<C: GracefulConnection>(self, conn: C) -> Draining<C> {
+    pub fn watch<C: Graceful>(self, conn: C) -> Draining<C> {
         let mut rx = self.rx;
         Draining {
             conn,
@@ -86,7 +119,7 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<C: GracefulConnection> Future for Draining<C> {
+impl<C: Graceful> Future for Draining<C> {
     type Output = C::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
@@ -135,7 +168,7 @@ mod tests {
         assert_eq!(drain.count(), 1, "counted before the connection is served");
         let conn = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(server), service);
-        let served = tokio::spawn(watcher.watch(conn));
+        let served = tokio::spawn(watcher.watch(Hyper::new(conn)));
         client
             .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
@@ -171,7 +204,7 @@ mod tests {
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(server), service);
-        tokio::spawn(drain.watcher().watch(conn));
+        tokio::spawn(drain.watcher().watch(Hyper::new(conn)));
         tokio::time::sleep(Duration::from_millis(50)).await;
         tokio::time::timeout(Duration::from_secs(5), drain.shutdown())
             .await

@@ -79,6 +79,15 @@ pub fn of(headers: &HeaderMap) -> RequestId {
     }
 }
 
+/// [`of`] over header fields in either form.
+pub fn of_fields(fields: crate::fields::Fields<'_>) -> RequestId {
+    match fields.get("x-request-id") {
+        Some(v) if is_usable(v) => HeaderValue::from_bytes(v)
+            .map_or_else(|_| RequestId::Made(generate()), RequestId::Client),
+        _ => RequestId::Made(generate()),
+    }
+}
+
 fn is_usable(id: &[u8]) -> bool {
     !id.is_empty() && id.len() <= MAX_LEN && id.iter().all(|b| b.is_ascii_graphic())
 }

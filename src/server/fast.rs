@@ -1,0 +1,661 @@
+//! The server's own HTTP/1.1 path for the requests that make up nearly all
+//! of a gate's traffic: a signed-in client's plain requests to the
+//! upstream.
+//!
+//! A connection starts here. Each request head is parsed once, in place
+//! (httparse, as hyper configures it), and if it is a simple one — HTTP/1.1,
+//! origin form, a path already normal and not the gate's, no body (or
+//! `Content-Length: 0`), no `Transfer-Encoding`, `Upgrade` or `Expect` — and
+//! the gate can admit it without waiting ([`fast::admit`]: a session needing
+//! no refresh, a bearer token whose key is loaded), it is forwarded with its
+//! header fields read from the head's bytes, and the upstream's answer head
+//! is filtered and copied to the client as bytes, its body streamed as it
+//! comes. Neither head becomes a header map, and no service, dispatcher or
+//! second buffer stands between the two sockets.
+//!
+//! Anything else is not served here: the connection is handed to hyper with
+//! the bytes read so far, before anything was done for that request, and
+//! hyper (with the framing watcher) serves it and the rest of the
+//! connection. That covers the sign-in routes, 401s and 302s, refreshes,
+//! request bodies, WebSocket upgrades, HTTP/2, HTTP/1.0, and every head
+//! hyper would refuse (it answers 400 or 431 as before). What a client sees
+//! is the same either way: the same headers reach the upstream (the same
+//! [`to_upstream`](crate::proxy::headers::to_upstream) writes them), the same
+//! answer headers are removed, `X-Request-Id` and `Date` are set as hyper
+//! would, a client that hangs up while its request waits is noticed, and
+//! a drain closes idle connections and finishes the request in flight.
+//!
+//! Timing matches hyper's: the head-read timeout runs from the connection's
+//! start for its first request and from the first byte of each later head;
+//! an idle keep-alive connection waits for its next request without one.
+
+use std::future::Future as _;
+use std::io::{self, IoSlice};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::StatusCode;
+use http::uri::PathAndQuery;
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::time::Sleep;
+
+use crate::fields::{Fields, Span};
+use crate::proxy::h1::AnswerHead;
+use crate::proxy::headers;
+use crate::respond::Body;
+use crate::router::fast::{self, Answered};
+use crate::router::{ClientConn, State};
+use crate::telemetry::request_id::{self, RequestId};
+
+/// Headers parsed per head; a head with more is hyper's (431).
+const MAX_HEADERS: usize = super::MAX_HEADERS;
+/// The read buffer a connection starts with.
+const READ_BUF: usize = 8 * 1024;
+/// Read at least this much room at a time.
+const MIN_READ: usize = 1024;
+
+/// How serving a connection here ended.
+pub enum Ended<I> {
+    /// Closed: by either side, a timeout, a failure, or a drain.
+    Closed,
+    /// A request this path does not serve: hyper serves the connection from
+    /// here on, starting with `read`, the bytes read and not yet served.
+    HandOver { io: I, read: BytesMut },
+}
+
+/// What bounds a connection's requests here (the server's settings).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    /// `CT_MAX_HEADER_BYTES`.
+    pub max_head: usize,
+}
+
+/// Set when the server drains: an idle connection closes, one serving a
+/// request closes once its answer is written.
+#[derive(Debug, Default)]
+pub struct Stop(AtomicBool);
+
+impl Stop {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A request head parsed in place: positions in the read buffer.
+struct Parsed {
+    len: usize,
+    method: (usize, usize),
+    target: (usize, usize),
+    minor: u8,
+}
+
+/// Serves `io` until it closes or a request needs hyper.
+pub async fn serve<I>(
+    mut io: I,
+    state: &Arc<State>,
+    conn: &ClientConn,
+    limits: Limits,
+    stop: &Stop,
+) -> Ended<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(READ_BUF);
+    let mut spans: Vec<Span> = Vec::new();
+    let mut out: Vec<u8> = Vec::new();
+    // One timer for the connection, moved on only when it fires early.
+    let mut timer = pin!(tokio::time::sleep(limits.header_read_timeout));
+    // The first head is timed from the connection's start.
+    let mut deadline = Some(Instant::now() + limits.header_read_timeout);
+    loop {
+        let parsed = loop {
+            match parse(&buf, &mut spans) {
+                Ok(Some(parsed)) => break parsed,
+                Ok(None) if buf.len() < limits.max_head => {}
+                // Refused, or too long: hyper answers (400, 431).
+                _ => return Ended::HandOver { io, read: buf },
+            }
+            if !buf.is_empty() && deadline.is_none() {
+                deadline = Some(Instant::now() + limits.header_read_timeout);
+            }
+            let waited = Wait {
+                io: &mut io,
+                buf: &mut buf,
+                timer: timer.as_mut(),
+                deadline,
+                stop,
+            };
+            if !waited.await {
+                return Ended::Closed;
+            }
+        };
+        let head = buf.split_to(parsed.len).freeze();
+        let Some(plan) = plan(&head, &parsed, &spans) else {
+            return hand_over(io, &head, buf);
+        };
+        let fields = Fields::Spans {
+            head: &head,
+            spans: &spans,
+        };
+        let Some(admitted) = fast::admit(state, conn, fields, crate::clock::now()) else {
+            return hand_over(io, &head, buf);
+        };
+        let req = fast::Request {
+            method: &head[parsed.method.0..parsed.method.1],
+            target: plan.target.as_str().as_bytes(),
+            path: plan.target.path(),
+            fields,
+            length: plan.length,
+        };
+        let id = request_id::of_fields(fields);
+        let answered = {
+            let mut forwarded = pin!(fast::forward(state, conn, &req, admitted, &id));
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(answered) = forwarded.as_mut().poll(cx) {
+                    return Poll::Ready(Some(answered));
+                }
+                // A client that hangs up while its request waits ends it.
+                watch(&mut io, &mut buf, limits.max_head, cx).map(|()| None)
+            })
+            .await
+        };
+        let Some(answered) = answered else {
+            return Ended::Closed;
+        };
+        let close = plan.close || stop.is_set();
+        let written = match answered {
+            Answered::Upstream(answer, body) => {
+                answer_head(&mut out, &answer, &id, close);
+                let chunked = !answer.bodiless && answer.length.is_none();
+                drop(answer);
+                write_body(&mut io, &mut buf, &out, body, chunked, limits).await
+            }
+            Answered::Gate(resp) => {
+                let bodiless = req.method == b"HEAD";
+                write_gate_answer(&mut io, &mut out, resp, &id, close, bodiless).await
+            }
+        };
+        if written.is_err() || close {
+            let _ = io.shutdown().await;
+            return Ended::Closed;
+        }
+        drop(head);
+        deadline = None;
+    }
+}
+
+/// The bytes `head` and `rest`, read and not served, for hyper.
+fn hand_over<I>(io: I, head: &[u8], rest: BytesMut) -> Ended<I> {
+    let mut read = BytesMut::with_capacity(head.len() + rest.len());
+    read.extend_from_slice(head);
+    read.extend_from_slice(&rest);
+    Ended::HandOver { io, read }
+}
+
+/// Parses a request head at the start of `buf` as hyper does; its headers
+/// go to `spans`. `Ok(None)` while it is incomplete; `Err` for anything
+/// hyper refuses (or that is not HTTP/1 at all, like HTTP/2's preface).
+fn parse(buf: &[u8], spans: &mut Vec<Span>) -> Result<Option<Parsed>, ()> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, &mut headers)
+    {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(());
+    };
+    let at = |s: &[u8]| {
+        let start = (s.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize);
+        (start, start + s.len())
+    };
+    spans.clear();
+    spans.extend(
+        req.headers
+            .iter()
+            .map(|h| Span::of(buf, h.name.as_bytes(), h.value)),
+    );
+    Ok(Some(Parsed {
+        len,
+        method: at(method.as_bytes()),
+        target: at(target.as_bytes()),
+        minor,
+    }))
+}
+
+/// What serving a request here needs from its head.
+struct Plan {
+    /// Its target, checked as hyper checks it (a fragment cut off).
+    target: PathAndQuery,
+    /// `Some(0)` for `Content-Length: 0`.
+    length: Option<u64>,
+    /// The client asked to close after this answer.
+    close: bool,
+}
+
+/// Whether this path serves a request with this head; `None` hands it to hyper.
+fn plan(head: &Bytes, parsed: &Parsed, spans: &[Span]) -> Option<Plan> {
+    if parsed.minor != 1 {
+        return None;
+    }
+    let method = &head[parsed.method.0..parsed.method.1];
+    let plain = [
+        &b"GET"[..],
+        b"HEAD",
+        b"OPTIONS",
+        b"DELETE",
+        b"POST",
+        b"PUT",
+        b"PATCH",
+    ];
+    if !plain.contains(&method) {
+        return None;
+    }
+    let raw_target = head.slice(parsed.target.0..parsed.target.1);
+    if !raw_target.starts_with(b"/") {
+        return None;
+    }
+    let target = PathAndQuery::from_maybe_shared(raw_target).ok()?;
+    // One normal form for every decision and for the upstream; a path that
+    // needs normalising (or is refused), the gate's prefix in any spelling
+    // and the gate's own routes are hyper's.
+    match crate::path::normalise(target.path()) {
+        Ok(std::borrow::Cow::Borrowed(_)) => {}
+        _ => return None,
+    }
+    if crate::router::is_gate_path(target.path()) || crate::path::is_reserved(target.path()) {
+        return None;
+    }
+    let fields = Fields::Spans { head, spans };
+    let mut length = None;
+    let mut close = false;
+    for (name, value) in fields.iter() {
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        if is("content-length") {
+            // One `Content-Length: 0` at most; a body, or two, is hyper's.
+            if length.is_some() || value.trim_ascii() != b"0" {
+                return None;
+            }
+            length = Some(0);
+        } else if is("transfer-encoding") || is("upgrade") || is("expect") {
+            return None;
+        } else if is("connection") {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return None;
+                }
+            }
+        }
+    }
+    Some(Plan {
+        target,
+        length,
+        close,
+    })
+}
+
+/// Waits for more of a request head: true when bytes came, false when the
+/// connection is done (closed, failed, timed out, or drained while idle).
+struct Wait<'a, I> {
+    io: &'a mut I,
+    buf: &'a mut BytesMut,
+    timer: Pin<&'a mut Sleep>,
+    /// `None`: idle between requests, with no head-read timeout.
+    deadline: Option<Instant>,
+    stop: &'a Stop,
+}
+
+impl<I: AsyncRead + Unpin> std::future::Future for Wait<'_, I> {
+    type Output = bool;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        let this = &mut *self;
+        if this.buf.is_empty() && this.stop.is_set() {
+            return Poll::Ready(false);
+        }
+        match read(this.io, this.buf, cx) {
+            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(false),
+            Poll::Ready(Ok(_)) => return Poll::Ready(true),
+            Poll::Pending => {}
+        }
+        let Some(deadline) = this.deadline else {
+            return Poll::Pending;
+        };
+        loop {
+            ready!(this.timer.as_mut().poll(cx));
+            if Instant::now() >= deadline {
+                tracing::debug!("request head not received in time (CT_HEADER_READ_TIMEOUT)");
+                return Poll::Ready(false);
+            }
+            // Set for an earlier head: move it on, and wait again.
+            this.timer.as_mut().reset(deadline.into());
+        }
+    }
+}
+
+/// Reads what the client sent into `buf`.
+fn read<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < MIN_READ {
+        buf.reserve(READ_BUF);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// While a request is served: reads what the client sends meanwhile (the
+/// next pipelined request, up to a head's worth); ready when the client
+/// hung up or its connection failed.
+fn watch<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    max_head: usize,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    while buf.len() < max_head {
+        match read(io, buf, cx) {
+            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    Poll::Pending
+}
+
+/// Writes the answer's head for the client into `out` (sent with the
+/// body's first bytes): the upstream's status and headers, but for the
+/// hop-by-hop ones, its `X-Request-Id` (the gate's replaces it) and its
+/// framing (the client's is set here: the length, or chunked); `Date` when
+/// the upstream sent none; `Connection: close` when closing.
+fn answer_head(out: &mut Vec<u8>, answer: &AnswerHead, id: &RequestId, close: bool) {
+    out.clear();
+    status_line(out, answer.status);
+    let fields = answer.fields();
+    let connection = fields.has("connection");
+    let mut dated = false;
+    for (name, value) in fields.iter() {
+        if !headers::answer_keeps(name, fields, connection)
+            || name.eq_ignore_ascii_case(b"x-request-id")
+            || (!answer.bodiless && name.eq_ignore_ascii_case(b"content-length"))
+        {
+            continue;
+        }
+        dated |= name.eq_ignore_ascii_case(b"date");
+        line(out, name, value);
+    }
+    if !dated {
+        date_line(out);
+    }
+    line(out, b"x-request-id", id.as_str().as_bytes());
+    if !answer.bodiless {
+        match answer.length {
+            Some(n) => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(itoa(n, &mut [0; 20]));
+                out.extend_from_slice(b"\r\n");
+            }
+            None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        }
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the answer's head (`head`) and then its body, as chunks when
+/// `chunked`; the head goes out with the body's first bytes when they are
+/// already there. Err: the connection cannot go on (the client or the
+/// upstream failed, or the session ended mid-body).
+async fn write_body<I>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    mut head: &[u8],
+    mut body: Body,
+    chunked: bool,
+    limits: Limits,
+) -> Result<(), ()>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let step = std::future::poll_fn(|cx| {
+            if body.is_end_stream() {
+                return Poll::Ready(Step::End);
+            }
+            match Pin::new(&mut body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(match frame.into_data() {
+                    Ok(data) => Step::Data(data),
+                    Err(_) => Step::Skip, // trailers: not passed on
+                }),
+                Poll::Ready(Some(Err(_))) => Poll::Ready(Step::Failed),
+                Poll::Ready(None) => Poll::Ready(Step::End),
+                // Nothing yet: send the head meanwhile.
+                Poll::Pending if !head.is_empty() => Poll::Ready(Step::Head),
+                Poll::Pending => watch(io, buf, limits.max_head, cx).map(|()| Step::Failed),
+            }
+        })
+        .await;
+        match step {
+            Step::Head => {
+                write_all(io, &mut [IoSlice::new(head)]).await?;
+                head = &[];
+            }
+            Step::Skip => {}
+            Step::Data(data) if data.is_empty() => {}
+            Step::Data(data) => {
+                let mut size = [0u8; 18];
+                let size = if chunked {
+                    chunk_size(data.len(), &mut size)
+                } else {
+                    &[]
+                };
+                let end: &[u8] = if chunked { b"\r\n" } else { b"" };
+                let mut parts = [
+                    IoSlice::new(head),
+                    IoSlice::new(size),
+                    IoSlice::new(&data),
+                    IoSlice::new(end),
+                ];
+                write_all(io, &mut parts).await?;
+                head = &[];
+            }
+            Step::End => {
+                let last: &[u8] = if chunked { b"0\r\n\r\n" } else { b"" };
+                return write_all(io, &mut [IoSlice::new(head), IoSlice::new(last)]).await;
+            }
+            Step::Failed => {
+                tracing::debug!("answer body failed; closing the connection");
+                return Err(());
+            }
+        }
+    }
+}
+
+enum Step {
+    /// The body has nothing yet; the head goes out alone.
+    Head,
+    Data(Bytes),
+    Skip,
+    End,
+    Failed,
+}
+
+/// Writes one of the gate's own answers (a map-based response, like the
+/// 502 when the upstream cannot be reached), body whole; `bodiless`: the
+/// request was `HEAD`.
+async fn write_gate_answer<I>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    resp: http::Response<Body>,
+    id: &RequestId,
+    close: bool,
+    bodiless: bool,
+) -> Result<(), ()>
+where
+    I: AsyncWrite + Unpin,
+{
+    let (parts, body) = resp.into_parts();
+    // The gate's answers are small and whole.
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .map_err(|_| ())?
+        .to_bytes();
+    out.clear();
+    status_line(out, parts.status);
+    for (name, value) in &parts.headers {
+        if name != http::header::CONTENT_LENGTH && name != request_id::X_REQUEST_ID {
+            line(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    date_line(out);
+    line(out, b"x-request-id", id.as_str().as_bytes());
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa(body.len() as u64, &mut [0; 20]));
+    out.extend_from_slice(b"\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let body: &[u8] = if bodiless { &[] } else { &body };
+    write_all(io, &mut [IoSlice::new(out), IoSlice::new(body)]).await
+}
+
+/// Writes all of `parts` and flushes (a TLS stream holds what it is given).
+async fn write_all<I: AsyncWrite + Unpin>(io: &mut I, parts: &mut [IoSlice<'_>]) -> Result<(), ()> {
+    let mut parts = &mut parts[..];
+    IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        let n = io.write_vectored(parts).await.map_err(|_| ())?;
+        if n == 0 {
+            return Err(());
+        }
+        IoSlice::advance_slices(&mut parts, n);
+    }
+    io.flush().await.map_err(|_| ())
+}
+
+fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    // hyper writes a reason always, as many parsers expect one.
+    out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+thread_local! {
+    /// The `Date` value of the current second, as hyper caches it.
+    static DATE: std::cell::Cell<(u64, [u8; 29])> = const { std::cell::Cell::new((0, [0; 29])) };
+}
+
+fn date_line(out: &mut Vec<u8>) {
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (cached, mut text) = DATE.get();
+    if cached != secs || text[0] == 0 {
+        let made = httpdate::fmt_http_date(now);
+        if made.len() == text.len() {
+            text.copy_from_slice(made.as_bytes());
+            DATE.set((secs, text));
+        }
+    }
+    line(out, b"date", &text);
+}
+
+/// `n` in decimal, in `buf`.
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+/// A chunk-size line for `len` bytes of chunk data: hex digits and CRLF.
+fn chunk_size(len: usize, buf: &mut [u8; 18]) -> &[u8] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut at = 16;
+    let mut n = len;
+    loop {
+        at -= 1;
+        buf[at] = DIGITS[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    buf[16] = b'\r';
+    buf[17] = b'\n';
+    &buf[at..]
+}
+
+/// The bytes hyper is handed, then the connection's.
+pub struct Prefixed<I> {
+    read: BytesMut,
+    io: I,
+}
+
+impl<I> Prefixed<I> {
+    pub fn new(read: BytesMut, io: I) -> Self {
+        Self { read, io }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.read.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, out);
+        }
+        let n = this.read.len().min(out.remaining());
+        out.put_slice(&this.read.split_to(n));
+        if this.read.is_empty() {
+            // Not held for the connection's life.
+            this.read = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+crate::server::write_through!(Prefixed);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,145 @@
+use tokio::io::AsyncReadExt as _;
+
+use super::*;
+
+/// `head` parsed and planned, as the connection loop does.
+fn planned(head: &[u8]) -> Option<Plan> {
+    let mut spans = Vec::new();
+    let parsed = parse(head, &mut spans)
+        .expect("a head httparse reads")
+        .expect("a complete head");
+    assert_eq!(parsed.len, head.len());
+    plan(&Bytes::copy_from_slice(head), &parsed, &spans)
+}
+
+#[test]
+fn simple_requests_are_served_here() {
+    let p = planned(b"GET /app/x?y=1 HTTP/1.1\r\nHost: g\r\nCookie: a=1\r\n\r\n").unwrap();
+    assert_eq!(p.target.as_str(), "/app/x?y=1");
+    assert_eq!((p.length, p.close), (None, false));
+    for method in ["HEAD", "OPTIONS", "DELETE", "POST", "PUT", "PATCH"] {
+        let head = format!("{method} / HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        let p = planned(head.as_bytes()).unwrap_or_else(|| panic!("{method}"));
+        assert_eq!(p.length, Some(0));
+    }
+    let p = planned(b"GET / HTTP/1.1\r\nConnection: keep-alive, CLOSE\r\n\r\n").unwrap();
+    assert!(p.close, "Connection: close is seen in any case, in a list");
+    // Blank lines before a request are skipped, as hyper skips them.
+    assert!(planned(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n").is_some());
+    // A fragment is cut off, as hyper's URI parser cuts it.
+    let p = planned(b"GET /a?b=1#frag HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(p.target.as_str(), "/a?b=1");
+}
+
+#[test]
+fn everything_else_is_handed_to_hyper() {
+    let declined: &[&[u8]] = &[
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"CONNECT g:443 HTTP/1.1\r\n\r\n",
+        b"TRACE / HTTP/1.1\r\n\r\n",
+        b"BREW / HTTP/1.1\r\n\r\n",
+        b"GET http://g/ HTTP/1.1\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\n\r\n",
+        // The gate's routes, its prefix in other spellings, paths to normalise.
+        b"GET /sso/login HTTP/1.1\r\n\r\n",
+        b"GET /sso HTTP/1.1\r\n\r\n",
+        b"GET /SSO/login HTTP/1.1\r\n\r\n",
+        b"GET /a/../sso/login HTTP/1.1\r\n\r\n",
+        b"GET /a/./b HTTP/1.1\r\n\r\n",
+        b"GET /a//b HTTP/1.1\r\n\r\n",
+        b"GET /%2e%2e/x HTTP/1.1\r\n\r\n",
+        // Bodies and their framing, upgrades, expectations.
+        b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 0, 0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET / HTTP/1.1\r\nTRANSFER-encoding: identity\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n",
+        b"GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
+        b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
+    ];
+    for head in declined {
+        assert!(
+            planned(head).is_none(),
+            "{:?} must go to hyper",
+            String::from_utf8_lossy(head)
+        );
+    }
+}
+
+#[test]
+fn heads_hyper_refuses_or_that_are_not_http1_are_not_parsed_here() {
+    let mut spans = Vec::new();
+    assert!(parse(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &mut spans).is_err());
+    assert!(parse(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", &mut spans).is_err());
+    assert!(parse(b"GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n", &mut spans).is_err());
+    let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: 1\r\n")).collect();
+    let head = format!("GET / HTTP/1.1\r\n{many}\r\n");
+    assert!(
+        parse(head.as_bytes(), &mut spans).is_err(),
+        "more headers than hyper takes: hyper answers 431"
+    );
+    // Incomplete: wait for more.
+    for partial in [&b""[..], b"GET / HT", b"GET / HTTP/1.1\r\nHost: g\r\n"] {
+        assert!(matches!(parse(partial, &mut spans), Ok(None)));
+    }
+}
+
+#[test]
+fn parsed_fields_are_read_from_the_heads_bytes() {
+    let head = b"GET /x HTTP/1.1\r\nHost: g\r\ncOOKIE: a=1\r\nCookie: b=2\r\n\r\n";
+    let mut spans = Vec::new();
+    let parsed = parse(head, &mut spans).unwrap().unwrap();
+    assert_eq!(&head[parsed.method.0..parsed.method.1], b"GET");
+    assert_eq!(&head[parsed.target.0..parsed.target.1], b"/x");
+    let fields = Fields::Spans {
+        head,
+        spans: &spans,
+    };
+    let cookies: Vec<&[u8]> = fields.values("cookie").collect();
+    assert_eq!(cookies, [&b"a=1"[..], b"b=2"]);
+}
+
+#[test]
+fn numbers_are_written_as_http_wants_them() {
+    for n in [0u64, 7, 10, 65_536, u64::MAX] {
+        assert_eq!(itoa(n, &mut [0; 20]), n.to_string().as_bytes());
+    }
+    for n in [0usize, 1, 15, 16, 16_384, 0xdead_beef] {
+        assert_eq!(
+            chunk_size(n, &mut [0; 18]),
+            format!("{n:x}\r\n").as_bytes()
+        );
+    }
+}
+
+#[test]
+fn status_lines_and_dates_are_written_as_hyper_writes_them() {
+    let mut out = Vec::new();
+    status_line(&mut out, StatusCode::OK);
+    status_line(&mut out, StatusCode::from_u16(599).unwrap());
+    assert_eq!(out, b"HTTP/1.1 200 OK\r\nHTTP/1.1 599 <none>\r\n");
+    out.clear();
+    date_line(&mut out);
+    let text = String::from_utf8(out).unwrap();
+    let value = text
+        .strip_prefix("date: ")
+        .and_then(|t| t.strip_suffix("\r\n"))
+        .unwrap();
+    assert!(httpdate::parse_http_date(value).is_ok(), "{text}");
+}
+
+#[tokio::test]
+async fn hyper_is_handed_the_bytes_read_then_the_connections() {
+    let (mut client, server) = tokio::io::duplex(64);
+    let mut handed = Prefixed::new(BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]), server);
+    tokio::io::AsyncWriteExt::write_all(&mut client, b"Host: g\r\n\r\n")
+        .await
+        .unwrap();
+    drop(client);
+    let mut all = Vec::new();
+    handed.read_to_end(&mut all).await.unwrap();
+    assert_eq!(all, b"GET / HTTP/1.1\r\nHost: g\r\n\r\n");
+}

@@ -47,34 +47,23 @@ pub enum Fields<'a> {
 
 impl<'a> Fields<'a> {
     /// Every field (a map's grouped by name), as name and value bytes.
-    pub fn iter(self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
-        let (map, spans) = match self {
-            Fields::Map(m) => (Some(m.iter()), None),
-            Fields::Spans { head, spans } => (None, Some((head, spans.iter()))),
-        };
-        let map = map
-            .into_iter()
-            .flatten()
-            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
-        let spans = spans.into_iter().flat_map(|(head, spans)| {
-            spans.map(move |s| (slice(head, s.name), slice(head, s.value)))
-        });
-        map.chain(spans)
+    pub fn iter(self) -> Iter<'a> {
+        match self {
+            Fields::Map(m) => Iter::Map(m.iter()),
+            Fields::Spans { head, spans } => Iter::Spans(head, spans.iter()),
+        }
     }
 
     /// The values of the fields named `name` (lowercase), in order.
-    pub fn values(self, name: &'static str) -> impl Iterator<Item = &'a [u8]> {
-        let (map, spans) = match self {
-            Fields::Map(m) => (Some(m.get_all(name).iter()), None),
-            Fields::Spans { .. } => (None, Some(self.iter())),
-        };
-        let map = map.into_iter().flatten().map(http::HeaderValue::as_bytes);
-        let spans = spans
-            .into_iter()
-            .flatten()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v);
-        map.chain(spans)
+    pub fn values(self, name: &'static str) -> Values<'a> {
+        match self {
+            Fields::Map(m) => Values::Map(m.get_all(name).iter()),
+            Fields::Spans { head, spans } => Values::Spans {
+                head,
+                spans: spans.iter(),
+                name: name.as_bytes(),
+            },
+        }
     }
 
     /// The first value of `name` (lowercase).
@@ -91,6 +80,54 @@ impl<'a> Fields<'a> {
         self.values(name)
             .flat_map(|v| v.split(|&b| b == b','))
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    }
+}
+
+/// [`Fields::iter`].
+pub enum Iter<'a> {
+    Map(http::header::Iter<'a, http::HeaderValue>),
+    Spans(&'a [u8], std::slice::Iter<'a, Span>),
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Iter::Map(it) => it
+                .next()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+            Iter::Spans(head, it) => it
+                .next()
+                .map(|s| (slice(head, s.name), slice(head, s.value))),
+        }
+    }
+}
+
+/// [`Fields::values`].
+pub enum Values<'a> {
+    Map(http::header::ValueIter<'a, http::HeaderValue>),
+    Spans {
+        head: &'a [u8],
+        spans: std::slice::Iter<'a, Span>,
+        name: &'static [u8],
+    },
+}
+
+impl<'a> Iterator for Values<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        match self {
+            Values::Map(it) => it.next().map(http::HeaderValue::as_bytes),
+            Values::Spans { head, spans, name } => spans
+                .find(|s| {
+                    // Lengths first: most names differ in length.
+                    s.name.1.saturating_sub(s.name.0) as usize == name.len()
+                        && slice(head, s.name).eq_ignore_ascii_case(name)
+                })
+                .map(|s| slice(head, s.value)),
+        }
     }
 }
 

@@ -391,7 +391,11 @@ impl ToHyper {
             }
             router::handle(state.clone(), req, client.clone())
         });
-        let io = Framing::new(FirstBytes::new(io, self.first_bytes), self.max_head, verdicts);
+        let io = Framing::new(
+            FirstBytes::new(io, self.first_bytes),
+            self.max_head,
+            verdicts,
+        );
         let conn = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)
@@ -456,7 +460,8 @@ where
                             this.phase = Phase::Done;
                             continue;
                         };
-                        let mut conn = to_hyper.serve(fast::Prefixed::new(read, io), this.client.clone());
+                        let mut conn =
+                            to_hyper.serve(fast::Prefixed::new(read, io), this.client.clone());
                         if this.draining {
                             conn.as_mut().graceful_shutdown();
                         }

@@ -316,17 +316,26 @@ pub fn from_upstream(headers: &mut HeaderMap, upgrade: bool) {
 /// Whether an upstream answer's header goes on to the client, for the
 /// gate's own HTTP/1.1 path, which copies the answer's head as bytes: the
 /// same headers [`from_upstream`] removes from a map (not an upgrade) stay
-/// behind. `connection`: the answer has a `Connection` header.
-pub fn answer_keeps(name: &[u8], fields: Fields<'_>, connection: bool) -> bool {
+/// behind. `listing`: [`lists_headers`] of the answer.
+pub fn answer_keeps(name: &[u8], fields: Fields<'_>, listing: bool) -> bool {
     if HOP_BY_HOP.iter().any(|h| is(name, h)) || is(name, &header::UPGRADE) {
         return false;
     }
-    !(connection
+    !(listing
         && fields
             .values("connection")
             .flat_map(|v| v.split(|&b| b == b','))
             .map(<[u8]>::trim_ascii)
             .any(|t| !names_no_header(t) && t.eq_ignore_ascii_case(name)))
+}
+
+/// Whether a message's `Connection` headers name any header (beyond
+/// `close`, `keep-alive` and `upgrade`, which the hop-by-hop list covers).
+pub fn lists_headers(fields: Fields<'_>) -> bool {
+    fields
+        .values("connection")
+        .flat_map(|v| v.split(|&b| b == b','))
+        .any(|t| !names_no_header(t.trim_ascii()))
 }
 
 /// `Connection` tokens that name no header of their own.

@@ -209,11 +209,14 @@ fn parse(buf: &[u8], spans: &mut Vec<Span>) -> Result<Option<Parsed>, ()> {
     if buf.is_empty() {
         return Ok(None);
     }
-    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
-    let len = match httparse::ParserConfig::default()
-        .parse_request_with_uninit_headers(&mut req, buf, &mut headers)
-    {
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut req,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(()),
@@ -391,10 +394,10 @@ fn answer_head(out: &mut Vec<u8>, answer: &AnswerHead, id: &RequestId, close: bo
     out.clear();
     status_line(out, answer.status);
     let fields = answer.fields();
-    let connection = fields.has("connection");
+    let listing = headers::lists_headers(fields);
     let mut dated = false;
     for (name, value) in fields.iter() {
-        if !headers::answer_keeps(name, fields, connection)
+        if !headers::answer_keeps(name, fields, listing)
             || name.eq_ignore_ascii_case(b"x-request-id")
             || (!answer.bodiless && name.eq_ignore_ascii_case(b"content-length"))
         {

@@ -108,10 +108,7 @@ fn numbers_are_written_as_http_wants_them() {
         assert_eq!(itoa(n, &mut [0; 20]), n.to_string().as_bytes());
     }
     for n in [0usize, 1, 15, 16, 16_384, 0xdead_beef] {
-        assert_eq!(
-            chunk_size(n, &mut [0; 18]),
-            format!("{n:x}\r\n").as_bytes()
-        );
+        assert_eq!(chunk_size(n, &mut [0; 18]), format!("{n:x}\r\n").as_bytes());
     }
 }
 

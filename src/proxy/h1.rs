@@ -615,23 +615,86 @@ fn framing_of(
     status: StatusCode,
     asked: Asked,
 ) -> Result<(Framing, bool), H1Error> {
-    if parsed.version == Version::HTTP_10 && fields.has("transfer-encoding") {
+    let framers = Framers::read(fields);
+    if parsed.version == Version::HTTP_10 && framers.encoded {
         // RFC 9112 §6.1: faulty framing.
         return Err(H1Error::Malformed(
             "Transfer-Encoding in an HTTP/1.0 answer",
         ));
     }
-    let framing = framing(fields, status, asked.head_request, asked.upgrade)?;
+    let framing = framing(&framers, status, asked.head_request, asked.upgrade)?;
     let keep = asked.whole
         && parsed.version == Version::HTTP_11
-        && !fields.has_token("connection", "close")
+        && !framers.close
         && !matches!(framing, Framing::Close | Framing::Switch);
     Ok((framing, keep))
 }
 
+/// The headers that frame an answer, read in one pass over its fields.
+struct Framers<'a> {
+    /// A `Transfer-Encoding` header is there...
+    encoded: bool,
+    /// ...and this is its last coding.
+    last_coding: Option<&'a [u8]>,
+    /// A `Content-Length` header is there...
+    sized: bool,
+    /// ...and this is what its values come to.
+    length: Result<Option<u64>, &'static str>,
+    /// `Connection: close`.
+    close: bool,
+}
+
+impl<'a> Framers<'a> {
+    fn read(fields: Fields<'a>) -> Self {
+        let mut f = Framers {
+            encoded: false,
+            last_coding: None,
+            sized: false,
+            length: Ok(None),
+            close: false,
+        };
+        let tokens = |v: &'a [u8]| v.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+        for (name, value) in fields.iter() {
+            if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                f.encoded = true;
+                if let Some(last) = tokens(value).filter(|t| !t.is_empty()).last() {
+                    f.last_coding = Some(last);
+                }
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                f.sized = true;
+                if let Ok(before) = f.length {
+                    f.length = lengths(value, before);
+                }
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                f.close |= tokens(value).any(|t| t.eq_ignore_ascii_case(b"close"));
+            }
+        }
+        f
+    }
+}
+
+/// `before` with the lengths of one `Content-Length` value: each part a
+/// number, all parts equal.
+fn lengths(value: &[u8], mut length: Option<u64>) -> Result<Option<u64>, &'static str> {
+    for part in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return Err("bad Content-Length");
+        }
+        let n = std::str::from_utf8(part)
+            .ok()
+            .and_then(|p| p.parse::<u64>().ok())
+            .ok_or("bad Content-Length")?;
+        if length.is_some_and(|l| l != n) {
+            return Err("conflicting Content-Length");
+        }
+        length = Some(n);
+    }
+    Ok(length)
+}
+
 /// How the answer's body is delimited (RFC 9112 §6.3).
 fn framing(
-    fields: Fields<'_>,
+    framers: &Framers<'_>,
     status: StatusCode,
     head_request: bool,
     upgrade: bool,
@@ -646,43 +709,21 @@ fn framing(
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Length(0));
     }
-    let te = fields.has("transfer-encoding");
-    if te && fields.has("content-length") {
+    if framers.encoded && framers.sized {
         return Err(H1Error::Malformed(
             "both Content-Length and Transfer-Encoding",
         ));
     }
-    if te {
-        let last = fields
-            .values("transfer-encoding")
-            .flat_map(|v| v.split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|t| !t.is_empty())
-            .last();
-        return Ok(match last {
+    if framers.encoded {
+        return Ok(match framers.last_coding {
             Some(t) if t.eq_ignore_ascii_case(b"chunked") => Framing::Chunked(Chunk::Size),
             _ => Framing::Close,
         });
     }
-    let mut length = None;
-    for v in fields.values("content-length") {
-        for part in std::str::from_utf8(v).map_err(|_| bad_length())?.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad_length());
-            }
-            let n: u64 = part.parse().map_err(|_| bad_length())?;
-            if length.is_some_and(|l| l != n) {
-                return Err(H1Error::Malformed("conflicting Content-Length"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(length.map_or(Framing::Close, Framing::Length))
-}
-
-fn bad_length() -> H1Error {
-    H1Error::Malformed("bad Content-Length")
+    framers
+        .length
+        .map(|l| l.map_or(Framing::Close, Framing::Length))
+        .map_err(H1Error::Malformed)
 }
 
 /// Where reading an answer's body is.

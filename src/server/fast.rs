@@ -120,7 +120,7 @@ where
     loop {
         let parsed = loop {
             match parse(&buf, &mut spans) {
-                Ok(Some(parsed)) => break parsed,
+                Ok(Some(parsed)) if parsed.len <= limits.max_head => break parsed,
                 Ok(None) if buf.len() < limits.max_head => {}
                 // Refused, or too long: hyper answers (400, 431).
                 _ => return Ended::HandOver { io, read: buf },

@@ -465,7 +465,9 @@ impl Shape for http::Response<Answer> {
         let head = take_head(&mut conn.buf, &mut conn.headers, parsed, asked)?;
         let mut resp = http::Response::new(Answer::new(conn, head.framing, head.keep, slot));
         *resp.status_mut() = head.status;
-        *resp.version_mut() = parsed.version;
+        // The answer's version is the upstream connection's business: hyper
+        // writes the one a response carries, and the client talks to the gate
+        // (HTTP/1.1 or HTTP/2), so it keeps the default.
         *resp.headers_mut() = head.headers;
         Ok(resp)
     }

@@ -577,7 +577,11 @@ async fn the_answer_head_is_parsed() {
     let resp = answer_to_get("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n")
         .await
         .unwrap();
-    assert_eq!(resp.version(), Version::HTTP_10);
+    assert_eq!(
+        resp.version(),
+        Version::HTTP_11,
+        "an HTTP/1.0 upstream's answer reaches HTTP/1.1 clients as HTTP/1.1"
+    );
 }
 
 #[tokio::test]

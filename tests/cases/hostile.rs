@@ -85,7 +85,7 @@ impl Reply {
 }
 
 /// Every value of header `name` in a response head.
-fn header_values(head: &str, name: &str) -> Vec<String> {
+pub(crate) fn header_values(head: &str, name: &str) -> Vec<String> {
     head.split("\r\n")
         .skip(1)
         .filter_map(|l| l.split_once(':'))
@@ -159,7 +159,7 @@ fn cookie_line(cookie: &str) -> String {
     format!("Cookie: {cookie}")
 }
 
-const JSON: &str = "Accept: application/json";
+pub(crate) const JSON: &str = "Accept: application/json";
 const HTML: &str = "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
 
 // ---------------------------------------------------------------------------
@@ -175,7 +175,7 @@ fn now() -> u64 {
 
 /// The `Cookie` header value of a valid one-hour session for `sub`, as a
 /// gate with `COOKIE_SECRET` seals it (`https` picks the cookie names).
-fn session_cookie(https: bool, sub: &str) -> String {
+pub(crate) fn session_cookie(https: bool, sub: &str) -> String {
     let keys = vec![Secret::new(STANDARD.decode(COOKIE_SECRET).unwrap())];
     let store = CookieStore::new(
         Arc::new(Sealer::new(&keys).unwrap()),
@@ -216,7 +216,7 @@ fn session_cookie(https: bool, sub: &str) -> String {
 }
 
 /// A plain-HTTP world (loopback) with extra gate variables.
-async fn plain_world(vars: &[(&str, &str)]) -> World {
+pub(crate) async fn plain_world(vars: &[(&str, &str)]) -> World {
     World::with(Setup {
         tls: false,
         vars: vars
@@ -229,7 +229,7 @@ async fn plain_world(vars: &[(&str, &str)]) -> World {
 }
 
 /// A second plain gate beside `w` (same provider, upstream and cookie key).
-async fn extra_gate(w: &World, vars: &[(&str, &str)]) -> Gate {
+pub(crate) async fn extra_gate(w: &World, vars: &[(&str, &str)]) -> Gate {
     let (listener, url) = reserve(false).await;
     let mut all = base_vars(&url, &w.upstream.url, &w.idp.issuer, &w.pki, false);
     override_vars(
@@ -605,7 +605,7 @@ async fn served_connection(port: u16) -> Option<TcpStream> {
 
 /// A served, kept-alive connection, retrying until `limit` (slots free up
 /// only once the gate has noticed earlier connections closing).
-async fn served_within(port: u16, limit: Duration) -> Option<TcpStream> {
+pub(crate) async fn served_within(port: u16, limit: Duration) -> Option<TcpStream> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(s) = served_connection(port).await {

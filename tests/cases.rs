@@ -2,6 +2,7 @@
 mod bearer;
 mod binary;
 mod config;
+mod fast_path;
 mod health;
 mod hostile;
 mod login;

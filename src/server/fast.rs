@@ -25,9 +25,10 @@
 //! would, a client that hangs up while its request waits is noticed, and
 //! a drain closes idle connections and finishes the request in flight.
 //!
-//! Timing matches hyper's: the head-read timeout runs from the connection's
-//! start for its first request and from the first byte of each later head;
-//! an idle keep-alive connection waits for its next request without one.
+//! Timing matches hyper's: the head-read timeout (`CT_HEADER_READ_TIMEOUT`)
+//! runs from the connection's start for its first request and from the end
+//! of the previous answer for each later one, so an idle kept-alive
+//! connection is closed after it too.
 
 use std::future::Future as _;
 use std::io::{self, IoSlice};
@@ -116,7 +117,7 @@ where
     // One timer for the connection, moved on only when it fires early.
     let mut timer = pin!(tokio::time::sleep(limits.header_read_timeout));
     // The first head is timed from the connection's start.
-    let mut deadline = Some(Instant::now() + limits.header_read_timeout);
+    let mut deadline = Instant::now() + limits.header_read_timeout;
     loop {
         let parsed = loop {
             match parse(&buf, &mut spans) {
@@ -124,9 +125,6 @@ where
                 Ok(None) if buf.len() < limits.max_head => {}
                 // Refused, or too long: hyper answers (400, 431).
                 _ => return Ended::HandOver { io, read: buf },
-            }
-            if !buf.is_empty() && deadline.is_none() {
-                deadline = Some(Instant::now() + limits.header_read_timeout);
             }
             let waited = Wait {
                 io: &mut io,
@@ -190,7 +188,7 @@ where
             return Ended::Closed;
         }
         drop(head);
-        deadline = None;
+        deadline = Instant::now() + limits.header_read_timeout;
     }
 }
 
@@ -321,8 +319,7 @@ struct Wait<'a, I> {
     io: &'a mut I,
     buf: &'a mut BytesMut,
     timer: Pin<&'a mut Sleep>,
-    /// `None`: idle between requests, with no head-read timeout.
-    deadline: Option<Instant>,
+    deadline: Instant,
     stop: &'a Stop,
 }
 
@@ -339,13 +336,11 @@ impl<I: AsyncRead + Unpin> std::future::Future for Wait<'_, I> {
             Poll::Ready(Ok(_)) => return Poll::Ready(true),
             Poll::Pending => {}
         }
-        let Some(deadline) = this.deadline else {
-            return Poll::Pending;
-        };
+        let deadline = this.deadline;
         loop {
             ready!(this.timer.as_mut().poll(cx));
             if Instant::now() >= deadline {
-                tracing::debug!("request head not received in time (CT_HEADER_READ_TIMEOUT)");
+                tracing::debug!("no request head in time (CT_HEADER_READ_TIMEOUT)");
                 return Poll::Ready(false);
             }
             // Set for an earlier head: move it on, and wait again.

@@ -57,7 +57,7 @@ fn with(mut claims: Value, key: &str, value: Value) -> Value {
 }
 
 /// The same token with one byte of its signature flipped.
-fn tampered(token: &str) -> String {
+pub(crate) fn tampered(token: &str) -> String {
     let (signed, signature) = token.rsplit_once('.').unwrap();
     let mut sig = B64.decode(signature).unwrap();
     let mid = sig.len() / 2;

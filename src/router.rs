@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::{Request, Response, header};
 use hyper::body::Incoming;
 use tracing::Instrument as _;
 
@@ -203,6 +203,9 @@ async fn route(state: &Arc<State>, mut req: Request<Incoming>, cx: &Context<'_>)
     if req.extensions().get::<AmbiguousFraming>().is_some() {
         return ambiguous_framing(&req);
     }
+    if !host_is_single(&req) {
+        return bad_request(&req, "The request must carry one Host header.");
+    }
     // One normal form for every decision below and for the upstream.
     match crate::path::normalise(req.uri().path()) {
         Ok(Cow::Borrowed(_)) => {}
@@ -325,6 +328,22 @@ fn ambiguous_framing(req: &Request<Incoming>) -> Response<Body> {
         http::HeaderValue::from_static("close"),
     );
     resp
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, an HTTP/1.0
+/// one at most (HTTP/2 carries `:authority` instead, and at most one `Host`).
+fn host_is_single(req: &Request<Incoming>) -> bool {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => false,
+        (None, None) => req.version() != http::Version::HTTP_11,
+        (Some(_), None) => true,
+    }
+}
+
+fn bad_request(req: &Request<Incoming>, why: &str) -> Response<Body> {
+    tracing::debug!(reason = why, "request refused");
+    Failure::BadRequest(why.into()).respond(respond::wants_html(req.headers()))
 }
 
 fn bad_path(req: &Request<Incoming>, why: &str) -> Response<Body> {

@@ -286,9 +286,12 @@ fn plan(head: &Bytes, parsed: &Parsed, spans: &[Span]) -> Option<Plan> {
     let fields = Fields::Spans { head, spans };
     let mut length = None;
     let mut close = false;
+    let mut hosts = 0;
     for (name, value) in fields.iter() {
         let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-        if is("content-length") {
+        if is("host") {
+            hosts += 1;
+        } else if is("content-length") {
             // One `Content-Length: 0` at most; a body, or two, is hyper's.
             if length.is_some() || value.trim_ascii() != b"0" {
                 return None;
@@ -305,6 +308,10 @@ fn plan(head: &Bytes, parsed: &Parsed, spans: &[Span]) -> Option<Plan> {
                 }
             }
         }
+    }
+    // Exactly one Host (RFC 9112 §3.2); anything else gets hyper's path's 400.
+    if hosts != 1 {
+        return None;
     }
     Some(Plan {
         target,

@@ -18,22 +18,25 @@ fn simple_requests_are_served_here() {
     assert_eq!(p.target.as_str(), "/app/x?y=1");
     assert_eq!((p.length, p.close), (None, false));
     for method in ["HEAD", "OPTIONS", "DELETE", "POST", "PUT", "PATCH"] {
-        let head = format!("{method} / HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        let head = format!("{method} / HTTP/1.1\r\nHost: g\r\nContent-Length: 0\r\n\r\n");
         let p = planned(head.as_bytes()).unwrap_or_else(|| panic!("{method}"));
         assert_eq!(p.length, Some(0));
     }
-    let p = planned(b"GET / HTTP/1.1\r\nConnection: keep-alive, CLOSE\r\n\r\n").unwrap();
+    let p = planned(b"GET / HTTP/1.1\r\nHost: g\r\nConnection: keep-alive, CLOSE\r\n\r\n").unwrap();
     assert!(p.close, "Connection: close is seen in any case, in a list");
     // Blank lines before a request are skipped, as hyper skips them.
-    assert!(planned(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n").is_some());
+    assert!(planned(b"\r\n\r\nGET / HTTP/1.1\r\nHost: g\r\n\r\n").is_some());
     // A fragment is cut off, as hyper's URI parser cuts it.
-    let p = planned(b"GET /a?b=1#frag HTTP/1.1\r\n\r\n").unwrap();
+    let p = planned(b"GET /a?b=1#frag HTTP/1.1\r\nhost: g\r\n\r\n").unwrap();
     assert_eq!(p.target.as_str(), "/a?b=1");
 }
 
 #[test]
 fn everything_else_is_handed_to_hyper() {
     let declined: &[&[u8]] = &[
+        // No Host, or two (hyper's path answers 400).
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: g\r\nHost: h\r\n\r\n",
         b"GET / HTTP/1.0\r\n\r\n",
         b"CONNECT g:443 HTTP/1.1\r\n\r\n",
         b"TRACE / HTTP/1.1\r\n\r\n",
@@ -60,9 +63,16 @@ fn everything_else_is_handed_to_hyper() {
         b"GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
         b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
     ];
-    for head in declined {
+    for (i, head) in declined.iter().enumerate() {
+        // Each with one Host but the first two, so each shows its own reason.
+        let head = if i < 2 {
+            head.to_vec()
+        } else {
+            let line_end = head.iter().position(|&b| b == b'\n').unwrap() + 1;
+            [&head[..line_end], b"Host: g\r\n", &head[line_end..]].concat()
+        };
         assert!(
-            planned(head).is_none(),
+            planned(&head).is_none(),
             "{:?} must go to hyper",
             String::from_utf8_lossy(head)
         );

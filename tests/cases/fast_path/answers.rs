@@ -226,10 +226,6 @@ async fn a_raw_upstreams_close_delimited_chunked_and_hop_by_hop_answers_reach_th
 /// the gate, an intermediary, answers in its own version (RFC 9110 §6.2),
 /// re-frames the body, and keeps the client's connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the gate copies the upstream's HTTP version into its answer (src/proxy/h1.rs: \
-            `*resp.version_mut() = parsed.version`): an HTTP/1.1 client gets `HTTP/1.0 200 OK` \
-            with a close-delimited body and loses its kept-alive connection; RFC 9110 §6.2 has \
-            intermediaries send their own version"]
 async fn an_http_1_0_upstream_answer_reaches_an_http_1_1_client_as_http_1_1_on_a_kept_connection() {
     let up = RawUpstream::start().await;
     let w = plain_world(&[("CT_UPSTREAM_URL", &up.url)]).await;

@@ -311,9 +311,6 @@ async fn lenient_request_shapes_are_served_and_a_malformed_head_is_a_400_and_the
 /// RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without
 /// a `Host`, or with more than one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the gate forwards HTTP/1.1 requests without Host, or with two Host lines, with its \
-            own Host (hyper does not check; the gate ignores the client's Host), where \
-            RFC 9112 §3.2 asks for a 400"]
 async fn http_1_1_requests_without_a_host_or_with_two_get_400_and_are_not_forwarded() {
     let w = plain_world(&[]).await;
     let port = w.gate.port;

@@ -74,7 +74,7 @@ fn everything_else_is_handed_to_hyper() {
         assert!(
             planned(&head).is_none(),
             "{:?} must go to hyper",
-            String::from_utf8_lossy(head)
+            String::from_utf8_lossy(&head)
         );
     }
 }

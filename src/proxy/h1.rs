@@ -659,7 +659,7 @@ impl<'a> Framers<'a> {
         for (name, value) in fields.iter() {
             if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 f.encoded = true;
-                if let Some(last) = tokens(value).filter(|t| !t.is_empty()).last() {
+                if let Some(last) = tokens(value).rfind(|t| !t.is_empty()) {
                     f.last_coding = Some(last);
                 }
             } else if name.eq_ignore_ascii_case(b"content-length") {

@@ -199,6 +199,45 @@ enum Tie {
     },
 }
 
+impl Tie {
+    fn identity(&self) -> Option<&Identity> {
+        match self {
+            Tie::Session(s) => Some(&s.identity),
+            Tie::Bearer { identity, .. } => Some(identity),
+            Tie::Nothing => None,
+        }
+    }
+
+    /// What ends a WebSocket or a long answer forwarded for it.
+    fn guard(&self, state: &Arc<State>) -> Option<crate::proxy::cutoff::Guard> {
+        match self {
+            Tie::Session(s) => Some(lifecycle::guard(state, s)),
+            Tie::Bearer { expires_at, .. } => Some(lifecycle::bearer_guard(*expires_at)),
+            Tie::Nothing => None,
+        }
+    }
+}
+
+impl ClientConn {
+    /// What the proxy is told about a request of this connection.
+    fn forward<'a>(
+        &'a self,
+        identity: Option<&'a Identity>,
+        request_id: Option<&'a [u8]>,
+        websocket: bool,
+    ) -> Forward<'a> {
+        Forward {
+            peer: self.ip,
+            peer_value: &self.peer_value,
+            identity,
+            upstream: &self.upstream,
+            held: &self.held,
+            request_id,
+            websocket,
+        }
+    }
+}
+
 async fn route(state: &Arc<State>, mut req: Request<Incoming>, cx: &Context<'_>) -> Response<Body> {
     if req.extensions().get::<AmbiguousFraming>().is_some() {
         return ambiguous_framing(&req);
@@ -380,31 +419,13 @@ async fn forward(
         tracing::warn!("websocket refused: Origin is not this gate's");
         return Failure::ForbiddenOrigin.respond(html);
     }
-    let identity = match &tie {
-        Tie::Session(s) => Some(&s.identity),
-        Tie::Bearer { identity, .. } => Some(&**identity),
-        Tie::Nothing => None,
-    };
-    let guard = || match &tie {
-        Tie::Session(s) => Some(lifecycle::guard(state, s)),
-        Tie::Bearer { expires_at, .. } => Some(lifecycle::bearer_guard(*expires_at)),
-        Tie::Nothing => None,
-    };
     let sent = Instant::now();
     let forwarded = state
         .proxy
         .forward(
             req,
-            Forward {
-                peer: conn.ip,
-                peer_value: &conn.peer_value,
-                identity,
-                upstream: &conn.upstream,
-                held: &conn.held,
-                request_id,
-                websocket,
-            },
-            guard,
+            conn.forward(tie.identity(), request_id, websocket),
+            || tie.guard(state),
         )
         .await;
     let took = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX - 1);

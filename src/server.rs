@@ -75,6 +75,37 @@ use self::framing::{Framing, Verdicts};
 pub use self::framing::{follow_for_fuzzing, scan_for_fuzzing};
 use crate::router::{self, AmbiguousFraming, ClientConn, State};
 
+/// The own HTTP/1.1 path's choice against the framing watcher and hyper's
+/// parser (for the `fast_path` fuzz target): every head the own path would
+/// serve, the watcher reads to the same length with no body and httparse
+/// (as hyper configures it) reads complete to that length; the choice does
+/// not depend on the bytes after the head. `Ok(true)`: served.
+#[doc(hidden)]
+pub fn fast_path_for_fuzzing(data: &[u8]) -> Result<bool, String> {
+    let Some(len) = fast::serves(data, 64 * 1024) else {
+        return Ok(false);
+    };
+    if framing::bodiless_head(data) != Some(len) {
+        return Err(format!(
+            "served a head of {len} bytes the watcher reads as {:?}",
+            framing::bodiless_head(data)
+        ));
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::Request::new(&mut headers).parse(data) {
+        Ok(httparse::Status::Complete(n)) if n == len => {}
+        other => {
+            return Err(format!(
+                "served a head of {len} bytes httparse reads as {other:?}"
+            ));
+        }
+    }
+    if fast::serves(&data[..len], 64 * 1024) != Some(len) {
+        return Err("the choice depends on the bytes after the head".into());
+    }
+    Ok(true)
+}
+
 /// Headers accepted in one HTTP/1.1 request (431 beyond).
 const MAX_HEADERS: usize = 128;
 const MAX_H2_STREAMS: u32 = 256;

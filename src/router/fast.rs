@@ -23,7 +23,6 @@ use crate::fields::Fields;
 use crate::gate::{self, Credential, Decision};
 use crate::lifecycle;
 use crate::provider::Bearer;
-use crate::proxy::Forward;
 use crate::proxy::h1::AnswerHead;
 use crate::respond::{self, Body};
 use crate::telemetry::metrics::Outcome;
@@ -171,35 +170,15 @@ async fn forward_noted(
     id: &RequestId,
     note: &Note,
 ) -> Answered {
-    let identity = match &tie {
-        Tie::Session(s) => Some(&s.identity),
-        Tie::Bearer { identity, .. } => Some(&**identity),
-        Tie::Nothing => None,
-    };
-    if let Some(identity) = identity {
+    if let Some(identity) = tie.identity() {
         tracing::Span::current().record("sub", identity.sub.as_str());
     }
-    let guard = || match &tie {
-        Tie::Session(s) => Some(lifecycle::guard(state, s)),
-        Tie::Bearer { expires_at, .. } => Some(lifecycle::bearer_guard(*expires_at)),
-        Tie::Nothing => None,
-    };
     let sent = Instant::now();
     let forwarded = state
         .proxy
-        .forward_raw(
-            req,
-            Forward {
-                peer: conn.ip,
-                peer_value: &conn.peer_value,
-                identity,
-                upstream: &conn.upstream,
-                held: &conn.held,
-                request_id: id.made(),
-                websocket: false,
-            },
-            guard,
-        )
+        .forward_raw(req, conn.forward(tie.identity(), id.made(), false), || {
+            tie.guard(state)
+        })
         .await;
     let took = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
     note.upstream_us.store(took + 1, Ordering::Relaxed);

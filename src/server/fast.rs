@@ -240,6 +240,16 @@ fn parse(buf: &[u8], spans: &mut Vec<Span>) -> Result<Option<Parsed>, ()> {
     }))
 }
 
+/// The length of the request head at the start of `data` if this path
+/// would serve it (before the gate's decision), for the `fast_path` fuzz
+/// target.
+pub(super) fn serves(data: &[u8], max_head: usize) -> Option<usize> {
+    let mut spans = Vec::new();
+    let parsed = parse(data, &mut spans).ok()??;
+    let head = Bytes::copy_from_slice(data.get(..parsed.len)?);
+    (parsed.len <= max_head && plan(&head, &parsed, &spans).is_some()).then_some(parsed.len)
+}
+
 /// What serving a request here needs from its head.
 struct Plan {
     /// Its target, checked as hyper checks it (a fragment cut off).

@@ -398,6 +398,15 @@ pub fn scan_for_fuzzing(data: &[u8]) -> Result<(), String> {
     }
 }
 
+/// The length of the request head at the start of `data` when the watcher
+/// reads it as complete and without a body (for the `fast_path` fuzz target).
+pub(super) fn bodiless_head(data: &[u8]) -> Option<usize> {
+    match scan_head(data) {
+        Ok(Some((len, Next::Empty))) => Some(len),
+        _ => None,
+    }
+}
+
 /// The watcher fed `reads` in turn (for the `framing` fuzz target): how
 /// many request heads it followed, and the verdict on each of them.
 #[doc(hidden)]

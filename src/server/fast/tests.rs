@@ -150,3 +150,15 @@ async fn hyper_is_handed_the_bytes_read_then_the_connections() {
     handed.read_to_end(&mut all).await.unwrap();
     assert_eq!(all, b"GET / HTTP/1.1\r\nHost: g\r\n\r\n");
 }
+
+#[test]
+fn the_fuzz_check_sees_served_heads_and_declined_ones() {
+    let served = crate::server::fast_path_for_fuzzing(
+        b"GET /a HTTP/1.1\r\nHost: g\r\nCookie: a=1\r\n\r\nGET /b HTTP/1.1\r\n",
+    );
+    assert_eq!(served, Ok(true));
+    let smuggled = crate::server::fast_path_for_fuzzing(
+        b"POST / HTTP/1.1\r\nHost: g\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    assert_eq!(smuggled, Ok(false));
+}

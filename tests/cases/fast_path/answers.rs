@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::conn::{Answer, Conn, assert_echo, request, signed_in, with};
+use super::conn::{Answer, Conn, assert_echo, forwarded_paths, request, signed_in, with};
 use super::raw_upstream::{RawUpstream, UPSTREAM_HOPS};
 use crate::cases::hostile::{header_values, plain_world, session_cookie};
 use crate::support::gate::World;
@@ -94,14 +94,8 @@ async fn streamed_large_and_bodiless_answers_keep_one_client_connection_in_step(
         assert!(stray.is_empty(), "{code}: bytes after the head: {stray:?}");
         next(&mut c, &code.to_string()).await;
     }
-    let paths: Vec<String> = w
-        .upstream
-        .requests()
-        .iter()
-        .map(|r| r.path().to_owned())
-        .collect();
     assert_eq!(
-        paths,
+        forwarded_paths(&w.upstream),
         [
             "/slow",
             "/after/slow",
@@ -115,20 +109,68 @@ async fn streamed_large_and_bodiless_answers_keep_one_client_connection_in_step(
     );
 }
 
-/// The next request after an answer of the raw upstream: its plain answer,
-/// in HTTP/1.1, with one `Date` (the raw upstream sends none).
-async fn raw_next(c: &mut Conn, port: u16, auth: &[String], after: &str) {
-    let path = format!("/after/{after}");
-    let a = c
-        .exchange(
-            &request("GET", &path, port, auth),
-            &format!("after {after}"),
-        )
-        .await;
-    assert_eq!(a.version, "HTTP/1.1", "after {after}: {}", a.head);
-    assert_eq!(a.status, 200, "after {after}: {}", a.head);
-    assert_eq!(a.text(), path, "after {after}");
-    assert_eq!(a.headers("date").len(), 1, "after {after}: {}", a.head);
+/// A signed-in client on one connection to a gate in front of a raw
+/// upstream (its fields drop in order: the connection, the gate, the
+/// upstream).
+struct RawClient {
+    c: Conn,
+    port: u16,
+    auth: Vec<String>,
+    /// Keeps the gate running.
+    _world: World,
+    up: RawUpstream,
+}
+
+impl RawClient {
+    /// A fresh raw upstream, a gate in front of it, and a connection to it.
+    async fn start() -> RawClient {
+        let up = RawUpstream::start().await;
+        let world = plain_world(&[("CT_UPSTREAM_URL", &up.url)]).await;
+        let port = world.gate.port;
+        RawClient {
+            c: Conn::open(port).await,
+            port,
+            auth: signed_in(&session_cookie(false, "alice")),
+            _world: world,
+            up,
+        }
+    }
+
+    /// The answer to a signed-in GET of `path`, with one `more` header line.
+    async fn get(&mut self, path: &str, more: Option<&str>) -> Answer {
+        let lines = match more {
+            Some(line) => with(&self.auth, line),
+            None => self.auth.clone(),
+        };
+        self.c
+            .exchange(&request("GET", path, self.port, &lines), path)
+            .await
+    }
+
+    /// GET `path`: the raw upstream's close-delimited `body`, re-framed, and
+    /// the connection goes on.
+    async fn assert_reframed_get(&mut self, path: &str, body: &str) {
+        let a = self.get(path, None).await;
+        assert_reframed(&a, path, body);
+        self.next(path.trim_start_matches('/')).await;
+    }
+
+    /// The next request after an answer of the raw upstream: its plain
+    /// answer, in HTTP/1.1, with one `Date` (the raw upstream sends none).
+    async fn next(&mut self, after: &str) {
+        let path = format!("/after/{after}");
+        let a = self
+            .c
+            .exchange(
+                &request("GET", &path, self.port, &self.auth),
+                &format!("after {after}"),
+            )
+            .await;
+        assert_eq!(a.version, "HTTP/1.1", "after {after}: {}", a.head);
+        assert_eq!(a.status, 200, "after {after}: {}", a.head);
+        assert_eq!(a.text(), path, "after {after}");
+        assert_eq!(a.headers("date").len(), 1, "after {after}: {}", a.head);
+    }
 }
 
 /// An answer of the raw upstream ended by its close reached an HTTP/1.1
@@ -142,13 +184,7 @@ fn assert_reframed(a: &Answer, path: &str, body: &str) {
         "{path}: an answer without a length goes to an HTTP/1.1 client chunked: {}",
         a.head
     );
-    assert!(
-        a.headers("connection")
-            .iter()
-            .all(|v| !v.eq_ignore_ascii_case("close")),
-        "{path}: the upstream's close is not the client's: {}",
-        a.head
-    );
+    a.assert_keeps(&format!("{path}: the upstream's close is not the client's"));
 }
 
 /// From a raw upstream: an HTTP/1.1 answer ended by the close reaches the
@@ -159,21 +195,12 @@ fn assert_reframed(a: &Answer, path: &str, body: &str) {
 /// when the upstream sent none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raw_upstreams_close_delimited_chunked_and_hop_by_hop_answers_reach_the_client_clean() {
-    let up = RawUpstream::start().await;
-    let w = plain_world(&[("CT_UPSTREAM_URL", &up.url)]).await;
-    let port = w.gate.port;
-    let auth = signed_in(&session_cookie(false, "alice"));
-    let mut c = Conn::open(port).await;
+    let mut rc = RawClient::start().await;
 
-    let a = c
-        .exchange(&request("GET", "/close-11", port, &auth), "/close-11")
+    rc.assert_reframed_get("/close-11", "close-delimited, HTTP/1.1")
         .await;
-    assert_reframed(&a, "/close-11", "close-delimited, HTTP/1.1");
-    raw_next(&mut c, port, &auth, "close-11").await;
 
-    let a = c
-        .exchange(&request("GET", "/trailers", port, &auth), "/trailers")
-        .await;
+    let a = rc.get("/trailers", None).await;
     assert_eq!(a.status, 200, "{}", a.head);
     assert_eq!(a.text(), "hello world");
     assert!(
@@ -182,17 +209,12 @@ async fn a_raw_upstreams_close_delimited_chunked_and_hop_by_hop_answers_reach_th
         a.trailers
     );
     assert!(!a.has("trailer"), "{}", a.head);
-    raw_next(&mut c, port, &auth, "trailers").await;
+    rc.next("trailers").await;
 
     // Hop-by-hop answer headers, with and without a client request id.
     for client_id in [Some("client-hop-1"), None] {
-        let lines = match client_id {
-            Some(id) => with(&auth, &format!("X-Request-Id: {id}")),
-            None => auth.clone(),
-        };
-        let a = c
-            .exchange(&request("GET", "/hop", port, &lines), "/hop")
-            .await;
+        let id_line = client_id.map(|id| format!("X-Request-Id: {id}"));
+        let a = rc.get("/hop", id_line.as_deref()).await;
         assert_eq!(a.status, 200, "{}", a.head);
         assert_eq!(a.text(), "ok");
         assert_eq!(a.one("x-kept"), "yes");
@@ -211,14 +233,14 @@ async fn a_raw_upstreams_close_delimited_chunked_and_hop_by_hop_answers_reach_th
         if let Some(sent) = client_id {
             assert_eq!(id, sent);
         }
-        let up_head = up.heads().pop().unwrap();
+        let up_head = rc.up.heads().pop().unwrap();
         assert_eq!(
             header_values(&up_head, "x-request-id"),
             [id.as_str()],
             "the request id the upstream got: {up_head}"
         );
         assert_eq!(a.headers("date").len(), 1, "{}", a.head);
-        raw_next(&mut c, port, &auth, "hop").await;
+        rc.next("hop").await;
     }
 }
 
@@ -227,16 +249,9 @@ async fn a_raw_upstreams_close_delimited_chunked_and_hop_by_hop_answers_reach_th
 /// re-frames the body, and keeps the client's connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_1_0_upstream_answer_reaches_an_http_1_1_client_as_http_1_1_on_a_kept_connection() {
-    let up = RawUpstream::start().await;
-    let w = plain_world(&[("CT_UPSTREAM_URL", &up.url)]).await;
-    let port = w.gate.port;
-    let auth = signed_in(&session_cookie(false, "alice"));
-    let mut c = Conn::open(port).await;
-    let a = c
-        .exchange(&request("GET", "/close-10", port, &auth), "/close-10")
+    let mut rc = RawClient::start().await;
+    rc.assert_reframed_get("/close-10", "close-delimited, HTTP/1.0")
         .await;
-    assert_reframed(&a, "/close-10", "close-delimited, HTTP/1.0");
-    raw_next(&mut c, port, &auth, "close-10").await;
 }
 
 // ---------------------------------------------------------------------------

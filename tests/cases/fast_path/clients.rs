@@ -95,6 +95,30 @@ async fn stalled_heads_and_idle_kept_connections_are_closed_after_the_header_rea
     );
 }
 
+/// A connection on the gate's only slot, once it is free.
+async fn the_only_slot(port: u16) -> Conn {
+    let c = served_within(port, Duration::from_secs(10))
+        .await
+        .expect("the only connection slot never freed up");
+    Conn::on(c)
+}
+
+/// Hangs `c` up and asserts that the gate serves a new connection on `port`
+/// within `soon`; `when` says what the client was doing.
+async fn hanging_up_frees_the_slot(c: Conn, port: u16, soon: Duration, when: &str) {
+    drop(c);
+    let hung_up = Instant::now();
+    let again = served_within(port, soon).await;
+    assert!(
+        again.is_some(),
+        "no new connection served within {soon:?} after a client hung up {when}"
+    );
+    eprintln!(
+        "slot free again {:?} after the hang-up {when}",
+        hung_up.elapsed()
+    );
+}
+
 /// With `CT_MAX_CONNECTIONS=1`: a client that hangs up while its answer is
 /// awaited (the upstream has not answered yet, or streams slowly) frees its
 /// slot at once, and the upstream side is let go.
@@ -112,10 +136,7 @@ async fn a_client_hanging_up_while_its_answer_is_awaited_frees_its_connection_sl
 
     // The upstream streams: the head and a first chunk, then a chunk a minute.
     let port = w.gate.port;
-    let c = served_within(port, Duration::from_secs(10))
-        .await
-        .expect("the only connection slot never freed up");
-    let mut c = Conn::on(c);
+    let mut c = the_only_slot(port).await;
     c.send(request(
         "GET",
         "/slow?chunks=3&interval_ms=60000",
@@ -128,18 +149,7 @@ async fn a_client_hanging_up_while_its_answer_is_awaited_frees_its_connection_sl
         Duration::from_secs(5),
         "the upstream never started streaming"
     );
-    drop(c);
-    let hung_up = Instant::now();
-    let again = served_within(port, soon).await;
-    assert!(
-        again.is_some(),
-        "no new connection served within {soon:?} after a client hung up on a stream"
-    );
-    eprintln!(
-        "slot free again {:?} after the hang-up (stream)",
-        hung_up.elapsed()
-    );
-    drop(again);
+    hanging_up_frees_the_slot(c, port, soon, "on a stream").await;
     assert_eventually!(
         w.upstream.open_streams() == 0,
         Duration::from_secs(5),
@@ -148,27 +158,14 @@ async fn a_client_hanging_up_while_its_answer_is_awaited_frees_its_connection_sl
 
     // The upstream has not answered at all.
     let port = stalling.port;
-    let c = served_within(port, Duration::from_secs(10))
-        .await
-        .expect("the only connection slot never freed up");
-    let mut c = Conn::on(c);
+    let mut c = the_only_slot(port).await;
     c.send(request("GET", "/stall", port, &auth)).await;
     assert_eventually!(
         up.heads().iter().any(|h| h.starts_with("GET /stall ")),
         Duration::from_secs(5),
         "the stalling upstream never got the request"
     );
-    drop(c);
-    let hung_up = Instant::now();
-    let again = served_within(port, soon).await;
-    assert!(
-        again.is_some(),
-        "no new connection served within {soon:?} after a client hung up awaiting an answer"
-    );
-    eprintln!(
-        "slot free again {:?} after the hang-up (stall)",
-        hung_up.elapsed()
-    );
+    hanging_up_frees_the_slot(c, port, soon, "awaiting an answer").await;
     assert_eventually!(
         up.stalls_dropped() == 1,
         Duration::from_secs(5),

@@ -9,9 +9,13 @@ use tokio::net::TcpStream;
 use crate::cases::hostile::{JSON, header_values};
 use crate::cases::proxy::tls_connect;
 use crate::support::gate::World;
+use crate::support::upstream::Upstream;
 
 /// How long one answer may take before the test gives up on it.
 const ANSWER_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long the gate may take to close a connection it is done with.
+pub(super) const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
 /// One answer read off a connection, its body unframed.
 #[derive(Debug)]
@@ -73,6 +77,31 @@ impl Answer {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The one `Connection` value is `value` (in any case).
+    pub(super) fn assert_connection(&self, value: &str, what: &str) {
+        assert!(
+            self.one("connection").eq_ignore_ascii_case(value),
+            "{what}: not connection: {value}:\n{}",
+            self.head
+        );
+    }
+
+    /// The answer says `connection: close`.
+    pub(super) fn assert_closes(&self, what: &str) {
+        self.assert_connection("close", what);
+    }
+
+    /// The answer keeps the connection: no `Connection` value is `close`.
+    pub(super) fn assert_keeps(&self, what: &str) {
+        assert!(
+            self.headers("connection")
+                .iter()
+                .all(|v| !v.eq_ignore_ascii_case("close")),
+            "{what}: connection: close in\n{}",
+            self.head
+        );
     }
 }
 
@@ -260,6 +289,20 @@ impl Conn {
             .ok()
             .map(|()| std::mem::take(&mut self.buf))
     }
+
+    /// The gate closes the connection within [`CLOSE_LIMIT`], sending
+    /// nothing more.
+    pub(super) async fn assert_closed_with_nothing_more(&mut self, what: &str) {
+        let rest = self.closed_within(CLOSE_LIMIT).await;
+        assert_eq!(rest.as_deref(), Some(&[][..]), "{what}");
+    }
+
+    /// `a` says `connection: close`, and then the gate closes the connection
+    /// with nothing more.
+    pub(super) async fn assert_ends_with(&mut self, a: &Answer, what: &str) {
+        a.assert_closes(what);
+        self.assert_closed_with_nothing_more(what).await;
+    }
 }
 
 /// `method path` with `Host` and the extra header lines; kept alive.
@@ -297,4 +340,13 @@ pub(super) fn assert_echo(a: &Answer, path: &str, what: &str) {
         [id],
         "{what}: the upstream got another request id"
     );
+}
+
+/// The paths of the requests the upstream received, in order.
+pub(super) fn forwarded_paths(upstream: &Upstream) -> Vec<String> {
+    upstream
+        .requests()
+        .iter()
+        .map(|r| r.path().to_owned())
+        .collect()
 }

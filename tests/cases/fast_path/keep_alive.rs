@@ -4,10 +4,13 @@
 
 use std::time::Duration;
 
-use super::conn::{Answer, Conn, assert_echo, request, signed_in, with};
+use super::conn::{
+    Answer, CLOSE_LIMIT, Conn, assert_echo, forwarded_paths, request, signed_in, with,
+};
 use crate::cases::bearer::{tampered, token};
 use crate::cases::hostile::{JSON, plain_world, session_cookie};
 use crate::support::gate::World;
+use crate::support::upstream::Upstream;
 
 // ---------------------------------------------------------------------------
 // Pipelining and mixed traffic
@@ -153,6 +156,7 @@ fn mixed_requests(port: u16, cookie: &str, bearer: &str, forged: &str) -> Vec<(S
     ]
 }
 
+/// `a` is what `expect` says.
 fn assert_mixed(a: &Answer, expect: &Expect, what: &str) {
     match expect {
         Expect::Refused => {
@@ -175,6 +179,26 @@ fn assert_mixed(a: &Answer, expect: &Expect, what: &str) {
             assert_eq!(a.echoed_header("x-forwarded-user"), [*user], "{what}");
         }
     }
+}
+
+/// Sends all of `requests` in one write; each answer, in order, is what
+/// its request must get.
+async fn assert_pipelined(c: &mut Conn, requests: &[(String, Expect)], what: &str) {
+    c.send(requests.iter().map(|(r, _)| r.as_str()).collect::<String>())
+        .await;
+    for (i, (_, expect)) in requests.iter().enumerate() {
+        let a = c.answer(&format!("{what}, {i}")).await;
+        assert_mixed(&a, expect, &format!("{what}, {i}"));
+    }
+}
+
+/// The upstream got the forwarded ones of the mixed requests, `paths` in
+/// order, the POST (the second) with its 11 body bytes.
+fn assert_mixed_forwarded(upstream: &Upstream, paths: &[&str], what: &str) {
+    let seen = upstream.requests();
+    let got: Vec<&str> = seen.iter().map(|r| r.path()).collect();
+    assert_eq!(got, paths, "{what}");
+    assert_eq!(seen[1].body_len, 11, "{what}: the POST's body");
 }
 
 /// Signed-in GETs (one with `Content-Length: 0`), a POST with a body, a
@@ -203,24 +227,13 @@ async fn one_keep_alive_connection_serves_forwarded_posted_refused_and_gate_requ
         let a = c.exchange(req, &format!("one at a time, {i}")).await;
         assert_mixed(&a, expect, &format!("one at a time, {i}"));
     }
-    let seen = w.upstream.requests();
-    let paths: Vec<&str> = seen.iter().map(|r| r.path()).collect();
-    assert_eq!(paths, forwarded, "one at a time");
-    assert_eq!(seen[1].body_len, 11, "the POST's body");
+    assert_mixed_forwarded(&w.upstream, &forwarded, "one at a time");
 
     // All in one write.
     w.upstream.clear();
     let mut c = Conn::open(port).await;
-    c.send(requests.iter().map(|(r, _)| r.as_str()).collect::<String>())
-        .await;
-    for (i, (_, expect)) in requests.iter().enumerate() {
-        let a = c.answer(&format!("pipelined, {i}")).await;
-        assert_mixed(&a, expect, &format!("pipelined, {i}"));
-    }
-    let seen = w.upstream.requests();
-    let paths: Vec<&str> = seen.iter().map(|r| r.path()).collect();
-    assert_eq!(paths, forwarded, "pipelined");
-    assert_eq!(seen[1].body_len, 11, "the pipelined POST's body");
+    assert_pipelined(&mut c, &requests, "pipelined").await;
+    assert_mixed_forwarded(&w.upstream, &forwarded, "pipelined");
     assert!(
         c.stray_bytes(Duration::from_millis(200)).await.is_empty(),
         "bytes after the last answer"
@@ -237,25 +250,18 @@ async fn over_tls_one_http_1_1_connection_serves_mixed_pipelined_requests_in_ord
     let requests = mixed_requests(port, &cookie, &bearer, &tampered(&bearer));
     w.upstream.clear();
     let mut c = Conn::tls(&w).await;
-    c.send(requests.iter().map(|(r, _)| r.as_str()).collect::<String>())
-        .await;
-    for (i, (_, expect)) in requests.iter().enumerate() {
-        let a = c.answer(&format!("over TLS, {i}")).await;
-        assert_mixed(&a, expect, &format!("over TLS, {i}"));
-    }
-    let seen = w.upstream.requests();
-    let paths: Vec<&str> = seen.iter().map(|r| r.path()).collect();
-    assert_eq!(
-        paths,
-        [
+    assert_pipelined(&mut c, &requests, "over TLS").await;
+    assert_mixed_forwarded(
+        &w.upstream,
+        &[
             "/mix/first",
             "/mix/post",
             "/mix/third",
             "/mix/bearer",
-            "/mix/last"
-        ]
+            "/mix/last",
+        ],
+        "over TLS",
     );
-    assert_eq!(seen[1].body_len, 11, "the POST's body");
     let a = c
         .exchange(
             &request("GET", "/mix/tls-end", port, &signed_in(&cookie)),
@@ -283,17 +289,8 @@ async fn connection_close_is_answered_with_connection_close_and_then_the_gate_ha
     let mut c = Conn::open(port).await;
     let a = c.exchange(&closing("/close/first"), "first").await;
     assert_echo(&a, "/close/first", "first");
-    assert!(
-        a.one("connection").eq_ignore_ascii_case("close"),
-        "{}",
-        a.head
-    );
-    let rest = c.closed_within(Duration::from_secs(5)).await;
-    assert_eq!(
-        rest.as_deref(),
-        Some(&[][..]),
-        "after Connection: close, first request"
-    );
+    c.assert_ends_with(&a, "after Connection: close, first request")
+        .await;
 
     // After a kept-alive one, with another request right behind it.
     w.upstream.clear();
@@ -302,36 +299,18 @@ async fn connection_close_is_answered_with_connection_close_and_then_the_gate_ha
         .exchange(&request("GET", "/close/kept", port, &auth), "kept")
         .await;
     assert_echo(&a, "/close/kept", "kept");
-    assert!(
-        a.headers("connection")
-            .iter()
-            .all(|v| !v.eq_ignore_ascii_case("close")),
-        "{}",
-        a.head
-    );
+    a.assert_keeps("kept");
     let mut bytes = closing("/close/second");
     bytes.push_str(&request("GET", "/close/never", port, &auth));
     c.send(&bytes).await;
     let a = c.answer("second").await;
     assert_echo(&a, "/close/second", "second");
-    assert!(
-        a.one("connection").eq_ignore_ascii_case("close"),
-        "{}",
-        a.head
-    );
-    let rest = c.closed_within(Duration::from_secs(5)).await;
+    c.assert_ends_with(&a, "after Connection: close, second request")
+        .await;
     assert_eq!(
-        rest.as_deref(),
-        Some(&[][..]),
-        "after Connection: close, second request"
+        forwarded_paths(&w.upstream),
+        ["/close/kept", "/close/second"]
     );
-    let paths: Vec<String> = w
-        .upstream
-        .requests()
-        .iter()
-        .map(|r| r.path().to_owned())
-        .collect();
-    assert_eq!(paths, ["/close/kept", "/close/second"]);
 
     // The gate's own routes close the same way.
     let mut c = Conn::open(port).await;
@@ -342,8 +321,8 @@ async fn connection_close_is_answered_with_connection_close_and_then_the_gate_ha
         )
         .await;
     assert_eq!(a.status, 200);
-    assert!(a.one("connection").eq_ignore_ascii_case("close"));
-    assert!(c.closed_within(Duration::from_secs(5)).await.is_some());
+    a.assert_closes("healthz");
+    assert!(c.closed_within(CLOSE_LIMIT).await.is_some());
 }
 
 /// `HEAD` gets the headers `GET` gets (the same `content-length`) and no

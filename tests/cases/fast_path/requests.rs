@@ -1,14 +1,24 @@
 //! Requests as clients write them: header names in odd case, HTTP/1.0,
 //! lenient and malformed shapes.
 
-use std::time::Duration;
-
-use super::conn::{Answer, Conn, assert_echo, request, signed_in, with};
+use super::conn::{Answer, Conn, assert_echo, forwarded_paths, request, signed_in, with};
 use crate::cases::hostile::{JSON, plain_world, session_cookie};
+use crate::support::upstream::Recorded;
 
 // ---------------------------------------------------------------------------
 // Header hygiene with odd header-name case
 // ---------------------------------------------------------------------------
+
+/// None of the headers `names` reached the upstream in `seen`.
+fn assert_not_forwarded(seen: &Recorded, names: &[&str]) {
+    for gone in names {
+        assert!(
+            seen.header_all(gone).is_empty(),
+            "{gone} reached the upstream: {:?}",
+            seen.headers
+        );
+    }
+}
 
 /// On one kept-alive connection, headers in odd case: `cOOKIE` still signs
 /// the request in (and the gate's cookie still goes), spoofed forwarding
@@ -33,73 +43,45 @@ async fn odd_case_headers_are_judged_and_cleaned_as_any_others_on_a_kept_connect
         assert_eq!(seen.path(), path);
         seen
     };
+    // GET `path` with `lines`: the echo's answer, and what the upstream got.
+    let forward = async |c: &mut Conn, path: &str, lines: &[&str], what: &str| {
+        let a = c.exchange(&get(path, lines), what).await;
+        assert_echo(&a, path, what);
+        last(path)
+    };
 
     // `cOOKIE`: signed in, the gate's cookie taken out, the app's passed.
     let odd_cookie = format!("cOOKIE: app=1; {cookie}");
-    let a = c
-        .exchange(&get("/hyg/cookie", &[&odd_cookie]), "cOOKIE")
-        .await;
-    assert_echo(&a, "/hyg/cookie", "cOOKIE");
-    let seen = last("/hyg/cookie");
+    let seen = forward(&mut c, "/hyg/cookie", &[&odd_cookie], "cOOKIE").await;
     assert_eq!(seen.header_all("x-forwarded-user"), ["alice"]);
     assert_eq!(seen.header_all("cookie"), ["app=1"], "{:?}", seen.headers);
 
     // Spoofed forwarding headers, in odd case and with `_`.
-    let a = c
-        .exchange(
-            &get(
-                "/hyg/spoof",
-                &[
-                    &format!("COOKIE: {cookie}"),
-                    "X-FORWARDED-FOR: 6.6.6.6",
-                    "x_real_ip: 6.6.6.6",
-                    "X-REAL-IP: 6.6.6.6",
-                    "x-FORWARDED-user: mallory",
-                    "X_FORWARDED_EMAIL: mallory@evil.example",
-                ],
-            ),
-            "spoofed",
-        )
-        .await;
-    assert_echo(&a, "/hyg/spoof", "spoofed");
-    let seen = last("/hyg/spoof");
+    let spoofed: [&str; 6] = [
+        &format!("COOKIE: {cookie}"),
+        "X-FORWARDED-FOR: 6.6.6.6",
+        "x_real_ip: 6.6.6.6",
+        "X-REAL-IP: 6.6.6.6",
+        "x-FORWARDED-user: mallory",
+        "X_FORWARDED_EMAIL: mallory@evil.example",
+    ];
+    let seen = forward(&mut c, "/hyg/spoof", &spoofed, "spoofed").await;
     assert_eq!(seen.header_all("x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(seen.header_all("x-forwarded-user"), ["alice"]);
     assert_eq!(seen.header_all("x-forwarded-email"), ["alice@example.com"]);
-    for gone in ["x_real_ip", "x-real-ip", "x_forwarded_email"] {
-        assert!(
-            seen.header_all(gone).is_empty(),
-            "{gone} reached the upstream: {:?}",
-            seen.headers
-        );
-    }
+    assert_not_forwarded(&seen, &["x_real_ip", "x-real-ip", "x_forwarded_email"]);
 
     // Headers the client's `Connection` names (keep-alive all the same).
-    let a = c
-        .exchange(
-            &get(
-                "/hyg/connection",
-                &[
-                    &format!("Cookie: {cookie}"),
-                    "cONNECTION: x-secret, X-Other",
-                    "X-Secret: 1",
-                    "x-other: 2",
-                    "X-Kept: 3",
-                ],
-            ),
-            "Connection-named",
-        )
-        .await;
-    assert_echo(&a, "/hyg/connection", "Connection-named");
-    let seen = last("/hyg/connection");
+    let named: [&str; 5] = [
+        &format!("Cookie: {cookie}"),
+        "cONNECTION: x-secret, X-Other",
+        "X-Secret: 1",
+        "x-other: 2",
+        "X-Kept: 3",
+    ];
+    let seen = forward(&mut c, "/hyg/connection", &named, "Connection-named").await;
     assert_eq!(seen.header_all("x-kept"), ["3"], "{:?}", seen.headers);
-    for gone in ["x-secret", "x-other"] {
-        assert!(
-            seen.header_all(gone).is_empty(),
-            "{gone} reached the upstream: {:?}",
-            seen.headers
-        );
-    }
+    assert_not_forwarded(&seen, &["x-secret", "x-other"]);
     assert!(
         seen.header_all("connection")
             .iter()
@@ -171,8 +153,8 @@ async fn http_1_0_clients_get_http_1_0_answers_and_are_kept_alive_only_when_they
     let a = c.answer("HTTP/1.0").await;
     assert_v10(&a, "/v10/plain", "HTTP/1.0");
     assert!(a.has("content-length"), "{}", a.head);
-    let rest = c.closed_within(Duration::from_secs(5)).await;
-    assert_eq!(rest.as_deref(), Some(&[][..]), "after an HTTP/1.0 answer");
+    c.assert_closed_with_nothing_more("after an HTTP/1.0 answer")
+        .await;
 
     // Keep-alive asked for: kept for the next request, which does not ask.
     let mut c = Conn::open(port).await;
@@ -184,15 +166,11 @@ async fn http_1_0_clients_get_http_1_0_answers_and_are_kept_alive_only_when_they
     .await;
     let a = c.answer("HTTP/1.0 keep-alive").await;
     assert_v10(&a, "/v10/kept", "HTTP/1.0 keep-alive");
-    assert!(
-        a.one("connection").eq_ignore_ascii_case("keep-alive"),
-        "{}",
-        a.head
-    );
+    a.assert_connection("keep-alive", "HTTP/1.0 keep-alive");
     let a = c.answer("HTTP/1.0 after keep-alive").await;
     assert_v10(&a, "/v10/second", "HTTP/1.0 after keep-alive");
-    let rest = c.closed_within(Duration::from_secs(5)).await;
-    assert_eq!(rest.as_deref(), Some(&[][..]), "after the second answer");
+    c.assert_closed_with_nothing_more("after the second answer")
+        .await;
 
     // A streamed answer, keep-alive asked for: ended by the close.
     let mut c = Conn::open(port).await;
@@ -208,14 +186,8 @@ async fn http_1_0_clients_get_http_1_0_answers_and_are_kept_alive_only_when_they
     assert!(!a.has("content-length"), "{}", a.head);
     assert_eq!(a.text(), "chunk 0\nchunk 1\nchunk 2\n");
 
-    let paths: Vec<String> = w
-        .upstream
-        .requests()
-        .iter()
-        .map(|r| r.path().to_owned())
-        .collect();
     assert_eq!(
-        paths,
+        forwarded_paths(&w.upstream),
         ["/v10/plain", "/v10/kept", "/v10/second", "/slow"],
         "what came after the last answer of a connection was read"
     );
@@ -281,22 +253,10 @@ async fn lenient_request_shapes_are_served_and_a_malformed_head_is_a_400_and_the
     let malformed = request("GET", "/shape/never", port, &with(&auth, "X-A : 1"));
     let a = c.exchange(&malformed, "a space before the colon").await;
     assert_eq!(a.status, 400, "{}", a.head);
-    assert!(
-        a.one("connection").eq_ignore_ascii_case("close"),
-        "{}",
-        a.head
-    );
-    let rest = c.closed_within(Duration::from_secs(5)).await;
-    assert_eq!(rest.as_deref(), Some(&[][..]), "after the malformed head");
+    c.assert_ends_with(&a, "after the malformed head").await;
 
-    let paths: Vec<String> = w
-        .upstream
-        .requests()
-        .iter()
-        .map(|r| r.path().to_owned())
-        .collect();
     assert_eq!(
-        paths,
+        forwarded_paths(&w.upstream),
         [
             "/shape/lf",
             "/shape/lead",
@@ -331,13 +291,6 @@ async fn http_1_1_requests_without_a_host_or_with_two_get_400_and_are_not_forwar
         let a = c.exchange(&req, what).await;
         assert_eq!(a.status, 400, "{what}: {}", a.head);
     }
-    assert!(
-        w.upstream.requests().is_empty(),
-        "forwarded: {:?}",
-        w.upstream
-            .requests()
-            .iter()
-            .map(|r| r.path().to_owned())
-            .collect::<Vec<_>>()
-    );
+    let forwarded = forwarded_paths(&w.upstream);
+    assert!(forwarded.is_empty(), "forwarded: {forwarded:?}");
 }

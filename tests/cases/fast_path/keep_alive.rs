@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use super::conn::{
-    Answer, CLOSE_LIMIT, Conn, assert_echo, forwarded_paths, request, signed_in, with,
-};
+use super::conn::{Answer, Conn, assert_echo, forwarded_paths, request, signed_in, with};
 use crate::cases::bearer::{tampered, token};
 use crate::cases::hostile::{JSON, plain_world, session_cookie};
 use crate::support::gate::World;
@@ -322,7 +320,8 @@ async fn connection_close_is_answered_with_connection_close_and_then_the_gate_ha
         .await;
     assert_eq!(a.status, 200);
     a.assert_closes("healthz");
-    assert!(c.closed_within(CLOSE_LIMIT).await.is_some());
+    c.assert_closed_with_nothing_more("after Connection: close, healthz")
+        .await;
 }
 
 /// `HEAD` gets the headers `GET` gets (the same `content-length`) and no

@@ -16,7 +16,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method, header};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
 use ssogate::config::Secret;
-use ssogate::fields::{Fields, Span};
+use ssogate::fields::Fields;
 use ssogate::gate::{self, Credential};
 use ssogate::identity::Identity;
 use ssogate::provider::oidc::keys::{KeySet, Trust};
@@ -162,23 +162,7 @@ fn headers(c: &mut Criterion) {
         })
     });
     // The same headers as the own HTTP/1.1 path reads them: parsed in place.
-    let mut wire = b"GET /app/x HTTP/1.1\r\n".to_vec();
-    for (name, value) in &template {
-        wire.extend_from_slice(name.as_str().as_bytes());
-        wire.extend_from_slice(b": ");
-        wire.extend_from_slice(value.as_bytes());
-        wire.extend_from_slice(b"\r\n");
-    }
-    wire.extend_from_slice(b"\r\n");
-    let mut parsed = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut parsed);
-    let complete = matches!(req.parse(&wire), Ok(httparse::Status::Complete(_)));
-    assert!(complete, "the template is a complete head");
-    let spans: Vec<Span> = req
-        .headers
-        .iter()
-        .map(|h| Span::of(&wire, h.name.as_bytes(), h.value))
-        .collect();
+    let (wire, spans) = ssogate::fields::head_of(&template).unwrap();
     c.bench_function("headers_to_upstream/in_place", |b| {
         b.iter(|| {
             head.clear();

@@ -131,6 +131,32 @@ impl<'a> Iterator for Values<'a> {
     }
 }
 
+/// `map`'s headers written as a `GET /` request head and parsed back in
+/// place, in the map's order (for tests and benchmarks that compare the two
+/// forms); `None` if the head does not parse.
+#[doc(hidden)]
+pub fn head_of(map: &HeaderMap) -> Option<(Vec<u8>, Vec<Span>)> {
+    let mut wire = b"GET / HTTP/1.1\r\n".to_vec();
+    for (name, value) in map {
+        wire.extend_from_slice(name.as_str().as_bytes());
+        wire.extend_from_slice(b": ");
+        wire.extend_from_slice(value.as_bytes());
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"\r\n");
+    let mut parsed = vec![httparse::EMPTY_HEADER; map.len()];
+    let mut req = httparse::Request::new(&mut parsed);
+    if !req.parse(&wire).ok()?.is_complete() {
+        return None;
+    }
+    let spans = req
+        .headers
+        .iter()
+        .map(|h| Span::of(&wire, h.name.as_bytes(), h.value))
+        .collect();
+    Some((wire, spans))
+}
+
 fn slice(head: &[u8], (start, end): (u32, u32)) -> &[u8] {
     head.get(start as usize..end as usize).unwrap_or_default()
 }

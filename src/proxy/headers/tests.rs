@@ -42,22 +42,7 @@ fn sent(h: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
 fn lines(h: &HeaderMap, out: &Outbound<'_>) -> Vec<u8> {
     let mut head = Vec::new();
     to_upstream(Fields::Map(h), out, &mut head);
-    let mut wire = b"GET / HTTP/1.1\r\n".to_vec();
-    for (name, value) in h {
-        wire.extend_from_slice(name.as_str().as_bytes());
-        wire.extend_from_slice(b": ");
-        wire.extend_from_slice(value.as_bytes());
-        wire.extend_from_slice(b"\r\n");
-    }
-    wire.extend_from_slice(b"\r\n");
-    let mut parsed = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut parsed);
-    assert!(req.parse(&wire).unwrap().is_complete());
-    let spans: Vec<crate::fields::Span> = req
-        .headers
-        .iter()
-        .map(|f| crate::fields::Span::of(&wire, f.name.as_bytes(), f.value))
-        .collect();
+    let (wire, spans) = crate::fields::head_of(h).expect("a head that parses");
     let mut in_place = Vec::new();
     to_upstream(
         Fields::Spans {

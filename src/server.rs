@@ -1,9 +1,11 @@
-//! Accepting connections: HTTP/1.1 and HTTP/2 (hyper-util auto, with
-//! upgrades), optional TLS, a header-read timeout against slow clients, a
-//! watch on HTTP/1 framing against request smuggling, one runtime per
-//! serving thread (thread per core) with connections spread over the
-//! threads by how many each serves (`server/balance.rs`), and graceful
-//! shutdown that lets in-flight requests finish for a bounded time.
+//! Accepting connections: the gate's own HTTP/1.1 path for plain signed-in
+//! requests (`fast.rs`), then HTTP/1.1 and HTTP/2 through hyper (hyper-util
+//! auto, with upgrades) for everything else, optional TLS, a header-read
+//! timeout against slow clients, a watch on HTTP/1 framing against request
+//! smuggling, one runtime per serving thread (thread per core) with
+//! connections spread over the threads by how many each serves
+//! (`server/balance.rs`), and graceful shutdown that lets in-flight
+//! requests finish for a bounded time.
 
 /// `AsyncWrite` for a read-side wrapper `$t<I>` with the stream in `io`:
 /// every write goes straight through.

@@ -224,21 +224,25 @@ impl Proxy {
     }
 
     /// [`Proxy::forward`] for a request the server's own HTTP/1.1 path
-    /// parsed in place (no body, no upgrade): the upstream's answer head
-    /// comes back as its bytes, for that path to copy to the client.
+    /// parsed in place (no upgrade; its body, if any, framed by its
+    /// `Content-Length`): the upstream's answer head comes back as its
+    /// bytes, for that path to copy to the client.
     pub async fn forward_raw(
         &self,
         req: &crate::router::fast::Request<'_>,
+        body: Option<Body>,
         fwd: Forward<'_>,
         guard: impl FnOnce() -> Option<Guard>,
     ) -> Result<(h1::AnswerHead, Body), ProxyError> {
         let out = self.outbound(&fwd, false);
+        // Cut when it goes quiet, as on hyper's path.
+        let body = body.map(|b| Body::boxed(idle::Idle::new(b, self.body_idle_timeout)));
         let mut wire = pool::HeadBuf::take();
         let framing = h1::encode_head(
             req.method,
             (self.base_path.as_bytes(), req.target),
             req.length,
-            true,
+            body.is_none(),
             &mut wire.0,
             |h| headers::to_upstream(req.fields, &out, h),
         );
@@ -251,7 +255,7 @@ impl Proxy {
                     method: &method,
                     head: &wire.0,
                     framing,
-                    body: None,
+                    body,
                 },
                 false,
                 fwd.upstream,

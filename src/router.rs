@@ -435,19 +435,31 @@ async fn forward(
             note.set(Outcome::Forwarded);
             routes::with_cookies(resp, cookies)
         }
-        // A client that vanished or stalled mid-upload is no upstream failure.
-        Err(e) => match e.client_body() {
-            Some(idle) => {
-                tracing::debug!(error = %e, "the client's request body failed");
-                let why = if idle {
-                    "the request body stopped arriving"
-                } else {
-                    "the request body could not be read"
-                };
-                routes::with_cookies(Failure::BadRequest(why.into()).respond(html), cookies)
-            }
-            None => upstream_failed(state, note, &e, html, cookies),
-        },
+        Err(e) => forward_failed(state, note, &e, html, cookies),
+    }
+}
+
+/// The answer when forwarding failed: 400 when the client's request body
+/// failed or stalled (a client that vanished or stalled mid-upload is no
+/// upstream failure), else 502.
+fn forward_failed(
+    state: &State,
+    note: &Note,
+    e: &crate::proxy::ProxyError,
+    html: bool,
+    cookies: Vec<http::HeaderValue>,
+) -> Response<Body> {
+    match e.client_body() {
+        Some(idle) => {
+            tracing::debug!(error = %e, "the client's request body failed");
+            let why = if idle {
+                "the request body stopped arriving"
+            } else {
+                "the request body could not be read"
+            };
+            routes::with_cookies(Failure::BadRequest(why.into()).respond(html), cookies)
+        }
+        None => upstream_failed(state, note, e, html, cookies),
     }
 }
 

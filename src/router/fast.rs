@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use tracing::Instrument as _;
 
-use super::{ClientConn, Note, State, Tie, upstream_failed};
+use super::{ClientConn, Note, State, Tie, forward_failed};
 use crate::fields::Fields;
 use crate::gate::{self, Credential, Decision};
 use crate::lifecycle;
@@ -30,14 +30,15 @@ use crate::telemetry::request_id::RequestId;
 
 /// A request head the server parsed in place, with what it checked: an
 /// HTTP/1.1 request in origin form whose path is already normal and not the
-/// gate's, without a body, an upgrade or an `Expect`.
+/// gate's, without an upgrade or an `Expect`, its body (if any) framed by
+/// one `Content-Length`.
 pub struct Request<'a> {
     pub method: &'a [u8],
     /// The path and query, as the client sent them.
     pub target: &'a [u8],
     pub path: &'a str,
     pub fields: Fields<'a>,
-    /// `Some(0)` when the client sent `Content-Length: 0`.
+    /// Its `Content-Length`.
     pub length: Option<u64>,
 }
 
@@ -124,6 +125,7 @@ pub async fn forward(
     state: &Arc<State>,
     conn: &ClientConn,
     req: &Request<'_>,
+    body: Option<Body>,
     admitted: Admitted,
     id: &RequestId,
 ) -> Answered {
@@ -136,7 +138,7 @@ pub async fn forward(
         sub = tracing::field::Empty,
     );
     let note = Note::default();
-    let forwarded = forward_noted(state, conn, req, admitted, id, &note);
+    let forwarded = forward_noted(state, conn, req, body, admitted, id, &note);
     let answered = if span.is_disabled() {
         forwarded.await
     } else {
@@ -166,6 +168,7 @@ async fn forward_noted(
     state: &Arc<State>,
     conn: &ClientConn,
     req: &Request<'_>,
+    body: Option<Body>,
     Admitted(tie): Admitted,
     id: &RequestId,
     note: &Note,
@@ -176,9 +179,12 @@ async fn forward_noted(
     let sent = Instant::now();
     let forwarded = state
         .proxy
-        .forward_raw(req, conn.forward(tie.identity(), id.made(), false), || {
-            tie.guard(state)
-        })
+        .forward_raw(
+            req,
+            body,
+            conn.forward(tie.identity(), id.made(), false),
+            || tie.guard(state),
+        )
         .await;
     let took = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
     note.upstream_us.store(took + 1, Ordering::Relaxed);
@@ -189,7 +195,7 @@ async fn forward_noted(
         }
         Err(e) => {
             let html = respond::wants_html_in(req.fields);
-            Answered::Gate(upstream_failed(state, note, &e, html, Vec::new()))
+            Answered::Gate(forward_failed(state, note, &e, html, Vec::new()))
         }
     }
 }

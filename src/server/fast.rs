@@ -4,8 +4,9 @@
 //!
 //! A connection starts here. Each request head is parsed once, in place
 //! (httparse, as hyper configures it), and if it is a simple one — HTTP/1.1,
-//! origin form, a path already normal and not the gate's, no body (or
-//! `Content-Length: 0`), no `Transfer-Encoding`, `Upgrade` or `Expect` — and
+//! origin form, a path already normal and not the gate's, one `Host`, no
+//! body or one framed by a single `Content-Length`, no `Transfer-Encoding`,
+//! `Upgrade` or `Expect` — and
 //! the gate can admit it without waiting ([`fast::admit`]: a session needing
 //! no refresh, a bearer token whose key is loaded), it is forwarded with its
 //! header fields read from the head's bytes, and the upstream's answer head
@@ -17,13 +18,18 @@
 //! the bytes read so far, before anything was done for that request, and
 //! hyper (with the framing watcher) serves it and the rest of the
 //! connection. That covers the sign-in routes, 401s and 302s, refreshes,
-//! request bodies, WebSocket upgrades, HTTP/2, HTTP/1.0, and every head
+//! chunked request bodies, `Expect: 100-continue`, WebSocket upgrades,
+//! HTTP/2, HTTP/1.0, and every head
 //! hyper would refuse (it answers 400 or 431 as before). What a client sees
 //! is the same either way: the same headers reach the upstream (the same
 //! [`to_upstream`](crate::proxy::headers::to_upstream) writes them), the same
 //! answer headers are removed, `X-Request-Id` and `Date` are set as hyper
 //! would, a client that hangs up while its request waits is noticed, and
-//! a drain closes idle connections and finishes the request in flight.
+//! a drain closes idle connections and finishes the request in flight. A
+//! request body streams to the upstream as it is read ([`body`]), cut after
+//! `CT_BODY_IDLE_TIMEOUT` without a byte (400); when the upstream answers
+//! before the body is all read, or the body fails, the connection closes
+//! after the answer, as its framing can no longer be followed.
 //!
 //! Timing matches hyper's: the head-read timeout (`CT_HEADER_READ_TIMEOUT`)
 //! runs from the connection's start for its first request and from the end
@@ -156,21 +162,37 @@ where
             length: plan.length,
         };
         let id = request_id::of_fields(fields);
+        let pipe = plan.length.filter(|n| *n > 0).map(body::Pipe::new);
+        let client_body = pipe
+            .as_ref()
+            .map(|pipe| Body::boxed(body::ClientBody(pipe.clone())));
         let answered = {
-            let mut forwarded = pin!(fast::forward(state, conn, &req, admitted, &id));
+            let mut forwarded = pin!(fast::forward(state, conn, &req, client_body, admitted, &id));
             std::future::poll_fn(|cx| {
-                if let Poll::Ready(answered) = forwarded.as_mut().poll(cx) {
-                    return Poll::Ready(Some(answered));
+                loop {
+                    // The body's next piece, or (once it is all read) a
+                    // watch: a client that hangs up while its request waits
+                    // ends it.
+                    let put = match pump(&mut io, &mut buf, pipe.as_deref(), limits.max_head, cx) {
+                        Poll::Ready(None) => return Poll::Ready(None),
+                        Poll::Ready(Some(put)) => put,
+                        Poll::Pending => false,
+                    };
+                    if let Poll::Ready(answered) = forwarded.as_mut().poll(cx) {
+                        return Poll::Ready(Some(answered));
+                    }
+                    if !put {
+                        return Poll::Pending;
+                    }
                 }
-                // A client that hangs up while its request waits ends it.
-                watch(&mut io, &mut buf, limits.max_head, cx).map(|()| None)
             })
             .await
         };
         let Some(answered) = answered else {
             return Ended::Closed;
         };
-        let close = plan.close || stop.is_set();
+        // A body not all read (an early answer, a failure): its framing is lost.
+        let close = plan.close || stop.is_set() || pipe.is_some_and(|p| !p.is_done());
         let written = match answered {
             Answered::Upstream(answer, body) => {
                 answer_head(&mut out, &answer, &id, close);
@@ -240,21 +262,22 @@ fn parse(buf: &[u8], spans: &mut Vec<Span>) -> Result<Option<Parsed>, ()> {
     }))
 }
 
-/// The length of the request head at the start of `data` if this path
-/// would serve it (before the gate's decision), for the `fast_path` fuzz
-/// target.
-pub(super) fn serves(data: &[u8], max_head: usize) -> Option<usize> {
+/// The length of the request head at the start of `data` and of its body,
+/// if this path would serve it (before the gate's decision), for the
+/// `fast_path` fuzz target.
+pub(super) fn serves(data: &[u8], max_head: usize) -> Option<(usize, u64)> {
     let mut spans = Vec::new();
     let parsed = parse(data, &mut spans).ok()??;
     let head = Bytes::copy_from_slice(data.get(..parsed.len)?);
-    (parsed.len <= max_head && plan(&head, &parsed, &spans).is_some()).then_some(parsed.len)
+    let plan = plan(&head, &parsed, &spans).filter(|_| parsed.len <= max_head)?;
+    Some((parsed.len, plan.length.unwrap_or(0)))
 }
 
 /// What serving a request here needs from its head.
 struct Plan {
     /// Its target, checked as hyper checks it (a fragment cut off).
     target: PathAndQuery,
-    /// `Some(0)` for `Content-Length: 0`.
+    /// Its `Content-Length`.
     length: Option<u64>,
     /// The client asked to close after this answer.
     close: bool,
@@ -302,11 +325,13 @@ fn plan(head: &Bytes, parsed: &Parsed, spans: &[Span]) -> Option<Plan> {
         if is("host") {
             hosts += 1;
         } else if is("content-length") {
-            // One `Content-Length: 0` at most; a body, or two, is hyper's.
-            if length.is_some() || value.trim_ascii() != b"0" {
+            // One length, a plain number; a list, or two, is hyper's (and
+            // the framing watcher's).
+            let digits = value.trim_ascii();
+            if length.is_some() || digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
                 return None;
             }
-            length = Some(0);
+            length = Some(std::str::from_utf8(digits).ok()?.parse::<u64>().ok()?);
         } else if is("transfer-encoding") || is("upgrade") || is("expect") {
             return None;
         } else if is("connection") {
@@ -376,6 +401,34 @@ fn read<I: AsyncRead + Unpin>(
         buf.reserve(READ_BUF);
     }
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// While a request is served: puts the next piece of its body (`pipe`)
+/// from what was read, reading more when there is none; once the body is
+/// all read, [`watch`]es. `Ready(Some(true))`: a piece was put;
+/// `Ready(None)`: the client hung up or its connection failed.
+fn pump<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    pipe: Option<&body::Pipe>,
+    max_head: usize,
+    cx: &mut Context<'_>,
+) -> Poll<Option<bool>> {
+    let Some(pipe) = pipe.filter(|p| p.left() > 0) else {
+        return watch(io, buf, max_head, cx).map(|()| None);
+    };
+    if !pipe.is_taken() {
+        // The upstream has not taken the last piece: read nothing more yet.
+        return Poll::Pending;
+    }
+    if buf.is_empty() {
+        match read(io, buf, cx) {
+            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    Poll::Ready(Some(pipe.put(buf)))
 }
 
 /// While a request is served: reads what the client sends meanwhile (the
@@ -672,5 +725,6 @@ impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
 
 crate::server::write_through!(Prefixed);
 
+mod body;
 #[cfg(test)]
 mod tests;

@@ -398,11 +398,13 @@ pub fn scan_for_fuzzing(data: &[u8]) -> Result<(), String> {
     }
 }
 
-/// The length of the request head at the start of `data` when the watcher
-/// reads it as complete and without a body (for the `fast_path` fuzz target).
-pub(super) fn bodiless_head(data: &[u8]) -> Option<usize> {
+/// The length of the request head at the start of `data` and of its body,
+/// when the watcher reads the head as complete and its body as none (0) or
+/// of a fixed length (for the `fast_path` fuzz target).
+pub(super) fn fixed_head(data: &[u8]) -> Option<(usize, u64)> {
     match scan_head(data) {
-        Ok(Some((len, Next::Empty))) => Some(len),
+        Ok(Some((len, Next::Empty))) => Some((len, 0)),
+        Ok(Some((len, Next::Fixed(n)))) => Some((len, n)),
         _ => None,
     }
 }

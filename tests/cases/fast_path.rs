@@ -12,9 +12,10 @@
 //!
 //! `conn` is the client (a raw connection reading answers one by one),
 //! `raw_upstream` an upstream of canned bytes; the cases are in
-//! `keep_alive`, `answers`, `requests` and `clients`.
+//! `keep_alive`, `answers`, `requests`, `bodies` and `clients`.
 
 mod answers;
+mod bodies;
 mod clients;
 mod conn;
 mod keep_alive;

@@ -22,6 +22,12 @@ fn simple_requests_are_served_here() {
         let p = planned(head.as_bytes()).unwrap_or_else(|| panic!("{method}"));
         assert_eq!(p.length, Some(0));
     }
+    let p = planned(b"POST /up HTTP/1.1\r\nHost: g\r\nContent-Length: 12\r\n\r\n").unwrap();
+    assert_eq!(
+        p.length,
+        Some(12),
+        "a body framed by one Content-Length is served here"
+    );
     let p = planned(b"GET / HTTP/1.1\r\nHost: g\r\nConnection: keep-alive, CLOSE\r\n\r\n").unwrap();
     assert!(p.close, "Connection: close is seen in any case, in a list");
     // Blank lines before a request are skipped, as hyper skips them.
@@ -51,8 +57,11 @@ fn everything_else_is_handed_to_hyper() {
         b"GET /a/./b HTTP/1.1\r\n\r\n",
         b"GET /a//b HTTP/1.1\r\n\r\n",
         b"GET /%2e%2e/x HTTP/1.1\r\n\r\n",
-        // Bodies and their framing, upgrades, expectations.
-        b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+        // Body framing other than one plain Content-Length, upgrades, expectations.
+        b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 5 5\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
         b"POST / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
         b"POST / HTTP/1.1\r\nContent-Length: 0, 0\r\n\r\n",
         b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -157,6 +166,10 @@ fn the_fuzz_check_sees_served_heads_and_declined_ones() {
         b"GET /a HTTP/1.1\r\nHost: g\r\nCookie: a=1\r\n\r\nGET /b HTTP/1.1\r\n",
     );
     assert_eq!(served, Ok(true));
+    let with_body = crate::server::fast_path_for_fuzzing(
+        b"PUT /a HTTP/1.1\r\nHost: g\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\n",
+    );
+    assert_eq!(with_body, Ok(true));
     let smuggled = crate::server::fast_path_for_fuzzing(
         b"POST / HTTP/1.1\r\nHost: g\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
     );

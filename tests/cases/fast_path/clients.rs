@@ -96,7 +96,7 @@ async fn stalled_heads_and_idle_kept_connections_are_closed_after_the_header_rea
 }
 
 /// A connection on the gate's only slot, once it is free.
-async fn the_only_slot(port: u16) -> Conn {
+pub(super) async fn the_only_slot(port: u16) -> Conn {
     let c = served_within(port, Duration::from_secs(10))
         .await
         .expect("the only connection slot never freed up");

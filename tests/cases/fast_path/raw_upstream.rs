@@ -102,6 +102,22 @@ impl RawUpstream {
                         .to_vec(),
                     false,
                 ),
+                "/refuse" => {
+                    // Refuses an upload without reading its body, as servers
+                    // do, then waits for the gate to let go of the connection
+                    // (closing with the body unread would reset it).
+                    let refusal = b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: text/plain\r\n\
+                      Content-Length: 7\r\nConnection: close\r\n\r\ntoo big";
+                    if tcp.write_all(refusal).await.is_err() {
+                        return;
+                    }
+                    while let Ok(n) = tcp.read(&mut chunk).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    return;
+                }
                 "/stall" => {
                     // Hold the connection until the gate lets go of it.
                     while let Ok(n) = tcp.read(&mut chunk).await {

@@ -2,8 +2,8 @@
 //! which request heads it serves, on arbitrary client bytes.
 //!
 //! Properties (`fast_path_for_fuzzing`): no panic; every head it would
-//! serve is read by the framing watcher to the same length with no body,
-//! and by httparse (as hyper configures it) as complete to that length, so
+//! serve is read by the framing watcher to the same length with the same
+//! body length (none, or one `Content-Length`), and by httparse (as hyper configures it) as complete to that length, so
 //! the two HTTP/1.1 readers never disagree on where a request ends; and the
 //! choice does not depend on the bytes after the head.
 #![no_main]

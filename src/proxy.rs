@@ -230,7 +230,7 @@ impl Proxy {
     pub async fn forward_raw(
         &self,
         req: &crate::router::fast::Request<'_>,
-        body: Option<Body>,
+        body: Option<respond::BoxBody>,
         fwd: Forward<'_>,
         guard: impl FnOnce() -> Option<Guard>,
     ) -> Result<(h1::AnswerHead, Body), ProxyError> {

@@ -10,6 +10,9 @@ use http_body_util::{BodyExt as _, Empty, Full};
 /// Errors a body may end with (an upstream failure, or its session ending).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A boxed body: two words, where [`Body`] holds the largest of its kinds.
+pub type BoxBody = UnsyncBoxBody<Bytes, BoxError>;
+
 /// The body type of every response the gate produces or forwards, and of
 /// requests it forwards. The two bodies every forwarded request has (the
 /// client's, the upstream's answer) are held as they are, without a box of

@@ -125,7 +125,7 @@ pub async fn forward(
     state: &Arc<State>,
     conn: &ClientConn,
     req: &Request<'_>,
-    body: Option<Body>,
+    body: Option<respond::BoxBody>,
     admitted: Admitted,
     id: &RequestId,
 ) -> Answered {
@@ -168,7 +168,7 @@ async fn forward_noted(
     state: &Arc<State>,
     conn: &ClientConn,
     req: &Request<'_>,
-    body: Option<Body>,
+    body: Option<respond::BoxBody>,
     Admitted(tie): Admitted,
     id: &RequestId,
     note: &Note,

@@ -163,9 +163,12 @@ where
         };
         let id = request_id::of_fields(fields);
         let pipe = plan.length.filter(|n| *n > 0).map(body::Pipe::new);
-        let client_body = pipe
-            .as_ref()
-            .map(|pipe| Body::boxed(body::ClientBody(pipe.clone())));
+        let client_body = pipe.as_ref().map(|pipe| {
+            http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
+                body::ClientBody(pipe.clone()),
+                |never| match never {},
+            ))
+        });
         let answered = {
             let mut forwarded = pin!(fast::forward(state, conn, &req, client_body, admitted, &id));
             std::future::poll_fn(|cx| {

@@ -36,7 +36,6 @@
 //! of the previous answer for each later one, so an idle kept-alive
 //! connection is closed after it too.
 
-use std::future::Future as _;
 use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -108,7 +107,7 @@ struct Parsed {
 
 /// Serves `io` until it closes or a request needs hyper.
 pub async fn serve<I>(
-    mut io: I,
+    io: I,
     state: &Arc<State>,
     conn: &ClientConn,
     limits: Limits,
@@ -117,24 +116,36 @@ pub async fn serve<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(READ_BUF);
+    let mut c = Serving {
+        io,
+        buf: BytesMut::with_capacity(READ_BUF),
+        out: Vec::new(),
+        state,
+        conn,
+        limits,
+        stop,
+    };
     let mut spans: Vec<Span> = Vec::new();
-    let mut out: Vec<u8> = Vec::new();
     // One timer for the connection, moved on only when it fires early.
     let mut timer = pin!(tokio::time::sleep(limits.header_read_timeout));
     // The first head is timed from the connection's start.
     let mut deadline = Instant::now() + limits.header_read_timeout;
     loop {
         let parsed = loop {
-            match parse(&buf, &mut spans) {
+            match parse(&c.buf, &mut spans) {
                 Ok(Some(parsed)) if parsed.len <= limits.max_head => break parsed,
-                Ok(None) if buf.len() < limits.max_head => {}
+                Ok(None) if c.buf.len() < limits.max_head => {}
                 // Refused, or too long: hyper answers (400, 431).
-                _ => return Ended::HandOver { io, read: buf },
+                _ => {
+                    return Ended::HandOver {
+                        io: c.io,
+                        read: c.buf,
+                    };
+                }
             }
             let waited = Wait {
-                io: &mut io,
-                buf: &mut buf,
+                io: &mut c.io,
+                buf: &mut c.buf,
                 timer: timer.as_mut(),
                 deadline,
                 stop,
@@ -143,16 +154,50 @@ where
                 return Ended::Closed;
             }
         };
-        let head = buf.split_to(parsed.len).freeze();
-        let Some(plan) = plan(&head, &parsed, &spans) else {
-            return hand_over(io, &head, buf);
+        let head = c.buf.split_to(parsed.len).freeze();
+        match c.one(&head, &parsed, &spans).await {
+            Served::Kept => {}
+            Served::Closed => return Ended::Closed,
+            Served::Declined => return hand_over(c.io, &head, c.buf),
+        }
+        drop(head);
+        deadline = Instant::now() + limits.header_read_timeout;
+    }
+}
+
+/// A connection being served here, and what serving it needs.
+struct Serving<'a, I> {
+    io: I,
+    /// What was read and not yet served.
+    buf: BytesMut,
+    /// The answer head being written.
+    out: Vec<u8>,
+    state: &'a Arc<State>,
+    conn: &'a ClientConn,
+    limits: Limits,
+    stop: &'a Stop,
+}
+
+/// How serving one request ended.
+enum Served {
+    /// Answered; the connection goes on.
+    Kept,
+    /// Answered (or not: the client left, the answer failed); closed.
+    Closed,
+    /// Not served here: nothing was done for it.
+    Declined,
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Serving<'_, I> {
+    /// Serves the request whose head (`head`, parsed as `parsed` and
+    /// `spans`) was taken off the read buffer.
+    async fn one(&mut self, head: &Bytes, parsed: &Parsed, spans: &[Span]) -> Served {
+        let Some(plan) = plan(head, parsed, spans) else {
+            return Served::Declined;
         };
-        let fields = Fields::Spans {
-            head: &head,
-            spans: &spans,
-        };
-        let Some(admitted) = fast::admit(state, conn, fields, crate::clock::now()) else {
-            return hand_over(io, &head, buf);
+        let fields = Fields::Spans { head, spans };
+        let Some(admitted) = fast::admit(self.state, self.conn, fields, crate::clock::now()) else {
+            return Served::Declined;
         };
         let req = fast::Request {
             method: &head[parsed.method.0..parsed.method.1],
@@ -169,51 +214,66 @@ where
                 |never| match never {},
             ))
         });
-        let answered = {
-            let mut forwarded = pin!(fast::forward(state, conn, &req, client_body, admitted, &id));
-            std::future::poll_fn(|cx| {
-                loop {
-                    // The body's next piece, or (once it is all read) a
-                    // watch: a client that hangs up while its request waits
-                    // ends it.
-                    let put = match pump(&mut io, &mut buf, pipe.as_deref(), limits.max_head, cx) {
-                        Poll::Ready(None) => return Poll::Ready(None),
-                        Poll::Ready(Some(put)) => put,
-                        Poll::Pending => false,
-                    };
-                    if let Poll::Ready(answered) = forwarded.as_mut().poll(cx) {
-                        return Poll::Ready(Some(answered));
-                    }
-                    if !put {
-                        return Poll::Pending;
-                    }
-                }
-            })
-            .await
-        };
-        let Some(answered) = answered else {
-            return Ended::Closed;
+        let forwarded = fast::forward(self.state, self.conn, &req, client_body, admitted, &id);
+        let Some(answered) = self.meanwhile(forwarded, pipe.as_deref()).await else {
+            return Served::Closed;
         };
         // A body not all read (an early answer, a failure): its framing is lost.
-        let close = plan.close || stop.is_set() || pipe.is_some_and(|p| !p.is_done());
+        let close = plan.close || self.stop.is_set() || pipe.is_some_and(|p| !p.is_done());
         let written = match answered {
             Answered::Upstream(answer, body) => {
-                answer_head(&mut out, &answer, &id, close);
+                answer_head(&mut self.out, &answer, &id, close);
                 let chunked = !answer.bodiless && answer.length.is_none();
                 drop(answer);
-                write_body(&mut io, &mut buf, &out, body, chunked, limits).await
+                let max_head = self.limits.max_head;
+                write_body(
+                    &mut self.io,
+                    &mut self.buf,
+                    &self.out,
+                    body,
+                    chunked,
+                    max_head,
+                )
+                .await
             }
             Answered::Gate(resp) => {
                 let bodiless = req.method == b"HEAD";
-                write_gate_answer(&mut io, &mut out, resp, &id, close, bodiless).await
+                write_gate_answer(&mut self.io, &mut self.out, resp, &id, close, bodiless).await
             }
         };
         if written.is_err() || close {
-            let _ = io.shutdown().await;
-            return Ended::Closed;
+            let _ = self.io.shutdown().await;
+            return Served::Closed;
         }
-        drop(head);
-        deadline = Instant::now() + limits.header_read_timeout;
+        Served::Kept
+    }
+
+    /// Runs `forwarded` while the connection gives its request body
+    /// (`pipe`) piece by piece and, once that is all read, is watched: a
+    /// client that hangs up while its request waits ends it (`None`).
+    async fn meanwhile(
+        &mut self,
+        forwarded: impl std::future::Future<Output = Answered>,
+        pipe: Option<&body::Pipe>,
+    ) -> Option<Answered> {
+        let mut forwarded = pin!(forwarded);
+        let max_head = self.limits.max_head;
+        std::future::poll_fn(|cx| {
+            loop {
+                let put = match pump(&mut self.io, &mut self.buf, pipe, max_head, cx) {
+                    Poll::Ready(None) => return Poll::Ready(None),
+                    Poll::Ready(Some(put)) => put,
+                    Poll::Pending => false,
+                };
+                if let Poll::Ready(answered) = forwarded.as_mut().poll(cx) {
+                    return Poll::Ready(Some(answered));
+                }
+                if !put {
+                    return Poll::Pending;
+                }
+            }
+        })
+        .await
     }
 }
 
@@ -504,7 +564,7 @@ async fn write_body<I>(
     mut head: &[u8],
     mut body: Body,
     chunked: bool,
-    limits: Limits,
+    max_head: usize,
 ) -> Result<(), ()>
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -523,7 +583,7 @@ where
                 Poll::Ready(None) => Poll::Ready(Step::End),
                 // Nothing yet: send the head meanwhile.
                 Poll::Pending if !head.is_empty() => Poll::Ready(Step::Head),
-                Poll::Pending => watch(io, buf, limits.max_head, cx).map(|()| Step::Failed),
+                Poll::Pending => watch(io, buf, max_head, cx).map(|()| Step::Failed),
             }
         })
         .await;

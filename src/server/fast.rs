@@ -214,8 +214,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Serving<'_, I> {
                 |never| match never {},
             ))
         });
-        let forwarded = fast::forward(self.state, self.conn, &req, client_body, admitted, &id);
-        let Some(answered) = self.meanwhile(forwarded, pipe.as_deref()).await else {
+        let mut forwarded = pin!(fast::forward(
+            self.state,
+            self.conn,
+            &req,
+            client_body,
+            admitted,
+            &id
+        ));
+        let Some(answered) = self.meanwhile(forwarded.as_mut(), pipe.as_deref()).await else {
             return Served::Closed;
         };
         // A body not all read (an early answer, a failure): its framing is lost.
@@ -251,14 +258,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Serving<'_, I> {
     /// Runs `forwarded` while the connection gives its request body
     /// (`pipe`) piece by piece and, once that is all read, is watched: a
     /// client that hangs up while its request waits ends it (`None`).
-    async fn meanwhile(
-        &mut self,
-        forwarded: impl std::future::Future<Output = Answered>,
-        pipe: Option<&body::Pipe>,
-    ) -> Option<Answered> {
-        let mut forwarded = pin!(forwarded);
+    fn meanwhile<'s, F: std::future::Future<Output = Answered>>(
+        &'s mut self,
+        mut forwarded: Pin<&'s mut F>,
+        pipe: Option<&'s body::Pipe>,
+    ) -> impl std::future::Future<Output = Option<Answered>> + 's {
         let max_head = self.limits.max_head;
-        std::future::poll_fn(|cx| {
+        std::future::poll_fn(move |cx| {
             loop {
                 let put = match pump(&mut self.io, &mut self.buf, pipe, max_head, cx) {
                     Poll::Ready(None) => return Poll::Ready(None),
@@ -273,7 +279,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Serving<'_, I> {
                 }
             }
         })
-        .await
     }
 }
 

@@ -6,9 +6,9 @@
 //! (httparse, as hyper configures it), and if it is a simple one — HTTP/1.1,
 //! origin form, a path already normal and not the gate's, one `Host`, no
 //! body or one framed by a single `Content-Length`, no `Transfer-Encoding`,
-//! `Upgrade` or `Expect` — and
-//! the gate can admit it without waiting ([`fast::admit`]: a session needing
-//! no refresh, a bearer token whose key is loaded), it is forwarded with its
+//! `Upgrade` or `Expect` — and the gate can admit it without waiting
+//! ([`fast::admit`]: a session needing no refresh, a bearer token whose key
+//! is loaded), it is forwarded with its
 //! header fields read from the head's bytes, and the upstream's answer head
 //! is filtered and copied to the client as bytes, its body streamed as it
 //! comes. Neither head becomes a header map, and no service, dispatcher or
@@ -19,8 +19,8 @@
 //! hyper (with the framing watcher) serves it and the rest of the
 //! connection. That covers the sign-in routes, 401s and 302s, refreshes,
 //! chunked request bodies, `Expect: 100-continue`, WebSocket upgrades,
-//! HTTP/2, HTTP/1.0, and every head
-//! hyper would refuse (it answers 400 or 431 as before). What a client sees
+//! HTTP/2, HTTP/1.0, and every head hyper would refuse (it answers 400 or
+//! 431 as before). What a client sees
 //! is the same either way: the same headers reach the upstream (the same
 //! [`to_upstream`](crate::proxy::headers::to_upstream) writes them), the same
 //! answer headers are removed, `X-Request-Id` and `Date` are set as hyper

@@ -60,13 +60,18 @@ pub enum Checked {
     Unavailable,
 }
 
+/// The gate's decision on a loaded session, before any refresh.
+pub fn decide(state: &State, session: &Session, now: u64) -> Decision {
+    let credential = Credential::Session {
+        session,
+        refreshable: refreshable(state, session),
+    };
+    gate::decide(false, credential, &state.policy, now)
+}
+
 /// Decides on a loaded session and refreshes it when due.
 pub async fn check(state: &State, session: Arc<Session>, request: &HeaderMap, now: u64) -> Checked {
-    let credential = Credential::Session {
-        session: &session,
-        refreshable: refreshable(state, &session),
-    };
-    match gate::decide(false, credential, &state.policy, now) {
+    match decide(state, &session, now) {
         Decision::Allow => Checked::Valid {
             session,
             cookies: Vec::new(),

@@ -459,21 +459,13 @@ fn forward_failed(
             };
             routes::with_cookies(Failure::BadRequest(why.into()).respond(html), cookies)
         }
-        None => upstream_failed(state, note, e, html, cookies),
+        None => {
+            tracing::warn!(error = %e, "upstream unavailable");
+            state.metrics.upstream_errors.increment(1);
+            note.set(Outcome::Error);
+            routes::with_cookies(Failure::UpstreamUnavailable.respond(html), cookies)
+        }
     }
-}
-
-fn upstream_failed(
-    state: &State,
-    note: &Note,
-    e: &crate::proxy::ProxyError,
-    html: bool,
-    cookies: Vec<http::HeaderValue>,
-) -> Response<Body> {
-    tracing::warn!(error = %e, "upstream unavailable");
-    state.metrics.upstream_errors.increment(1);
-    note.set(Outcome::Error);
-    routes::with_cookies(Failure::UpstreamUnavailable.respond(html), cookies)
 }
 
 /// The token of `Authorization: Bearer …`, if that is the scheme.

@@ -321,12 +321,7 @@ pub fn answer_keeps(name: &[u8], fields: Fields<'_>, listing: bool) -> bool {
     if HOP_BY_HOP.iter().any(|h| is(name, h)) || is(name, &header::UPGRADE) {
         return false;
     }
-    !(listing
-        && fields
-            .values("connection")
-            .flat_map(|v| v.split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .any(|t| !names_no_header(t) && t.eq_ignore_ascii_case(name)))
+    !(listing && !names_no_header(name) && connection_lists(fields, name))
 }
 
 /// Whether a message's `Connection` headers name any header (beyond

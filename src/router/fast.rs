@@ -59,15 +59,8 @@ pub fn admit(state: &State, conn: &ClientConn, fields: Fields<'_>, now: u64) -> 
         .load_recent(fields, &conn.recent)
         .filter(|s| state.registry.get(&s.option).is_some())
     {
-        let credential = Credential::Session {
-            session: &session,
-            refreshable: lifecycle::refreshable(state, &session),
-        };
-        return matches!(
-            gate::decide(false, credential, &state.policy, now),
-            Decision::Allow
-        )
-        .then_some(Admitted(Tie::Session(session)));
+        return matches!(lifecycle::decide(state, &session, now), Decision::Allow)
+            .then_some(Admitted(Tie::Session(session)));
     }
     let token = super::bearer_token_in(fields)?;
     let epoch = crate::provider::keys_epoch();

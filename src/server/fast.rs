@@ -36,7 +36,7 @@
 //! of the previous answer for each later one, so an idle kept-alive
 //! connection is closed after it too.
 
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Write as _};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -545,10 +545,9 @@ fn answer_head(out: &mut Vec<u8>, answer: &AnswerHead, id: &RequestId, close: bo
     line(out, b"x-request-id", id.as_str().as_bytes());
     if !answer.bodiless {
         match answer.length {
+            // Writing to a Vec cannot fail.
             Some(n) => {
-                out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(itoa(n, &mut [0; 20]));
-                out.extend_from_slice(b"\r\n");
+                let _ = write!(out, "content-length: {n}\r\n");
             }
             None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         }
@@ -666,9 +665,8 @@ where
     }
     date_line(out);
     line(out, b"x-request-id", id.as_str().as_bytes());
-    out.extend_from_slice(b"content-length: ");
-    out.extend_from_slice(itoa(body.len() as u64, &mut [0; 20]));
-    out.extend_from_slice(b"\r\n");
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "content-length: {}\r\n", body.len());
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -726,19 +724,6 @@ fn date_line(out: &mut Vec<u8>) {
         }
     }
     line(out, b"date", &text);
-}
-
-/// `n` in decimal, in `buf`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
 }
 
 /// A chunk-size line for `len` bytes of chunk data: hex digits and CRLF.

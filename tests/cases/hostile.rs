@@ -248,6 +248,34 @@ pub(crate) async fn extra_gate(w: &World, vars: &[(&str, &str)]) -> Gate {
     gate
 }
 
+/// The upstream's side of an `/upload` of `length` bytes ended (its
+/// `/upload` records what it got) within `limit`, short of `length`; `how`
+/// says where the client's body stopped.
+pub(crate) async fn assert_upload_ended_short(
+    upstream: &Upstream,
+    length: u64,
+    limit: Duration,
+    how: &str,
+) {
+    let upload = || {
+        upstream
+            .requests()
+            .into_iter()
+            .find(|r| r.path() == "/upload")
+    };
+    assert_eventually!(
+        upload().is_some(),
+        limit,
+        "the upstream's request body never ended"
+    );
+    let seen = upload().unwrap();
+    assert!(
+        seen.body_len < length,
+        "the upstream read {} bytes of a body {how}",
+        seen.body_len
+    );
+}
+
 /// The gate on `port` still answers `/sso/healthz` and forwards a request
 /// with `cookie` to `upstream`.
 async fn assert_still_serving(port: u16, upstream: &Upstream, cookie: &str, after: &str) {
@@ -860,24 +888,7 @@ Content-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\n0123456789"
         "the stalled upload was cut only after {:?}",
         reply.after
     );
-    // The upstream's side of the body ended short (its /upload records what it got).
-    let upload = || {
-        w.upstream
-            .requests()
-            .into_iter()
-            .find(|r| r.path() == "/upload")
-    };
-    assert_eventually!(
-        upload().is_some(),
-        Duration::from_secs(10),
-        "the upstream's request body never ended"
-    );
-    let seen = upload().unwrap();
-    assert!(
-        seen.body_len < 100,
-        "the upstream read {} bytes of a body that stalled at 10",
-        seen.body_len
-    );
+    assert_upload_ended_short(&w.upstream, 100, Duration::from_secs(10), "stalled at 10").await;
     assert_still_serving(port, &w.upstream, &cookie, "a stalled body").await;
 }
 

@@ -122,10 +122,7 @@ fn parsed_fields_are_read_from_the_heads_bytes() {
 }
 
 #[test]
-fn numbers_are_written_as_http_wants_them() {
-    for n in [0u64, 7, 10, 65_536, u64::MAX] {
-        assert_eq!(itoa(n, &mut [0; 20]), n.to_string().as_bytes());
-    }
+fn chunk_sizes_are_written_as_http_wants_them() {
     for n in [0usize, 1, 15, 16, 16_384, 0xdead_beef] {
         assert_eq!(chunk_size(n, &mut [0; 18]), format!("{n:x}\r\n").as_bytes());
     }

@@ -10,8 +10,9 @@ use sha2::{Digest as _, Sha256};
 use super::clients::the_only_slot;
 use super::conn::{Conn, assert_echo, request, signed_in, with};
 use super::raw_upstream::RawUpstream;
-use crate::assert_eventually;
-use crate::cases::hostile::{plain_world, served_within, session_cookie};
+use crate::cases::hostile::{
+    assert_upload_ended_short, plain_world, served_within, session_cookie,
+};
 
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
@@ -107,21 +108,5 @@ async fn a_client_hanging_up_mid_body_frees_its_slot_and_ends_the_upstreams_body
         again.is_some(),
         "the only slot was still held after the client hung up mid-body"
     );
-    let upload = || {
-        w.upstream
-            .requests()
-            .into_iter()
-            .find(|r| r.path() == "/upload")
-    };
-    assert_eventually!(
-        upload().is_some(),
-        Duration::from_secs(5),
-        "the upstream's request body never ended"
-    );
-    let seen = upload().unwrap();
-    assert!(
-        seen.body_len < 100,
-        "the upstream read {} bytes of a body cut at 10",
-        seen.body_len
-    );
+    assert_upload_ended_short(&w.upstream, 100, Duration::from_secs(5), "cut at 10").await;
 }

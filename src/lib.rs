@@ -16,6 +16,7 @@ pub mod live;
 pub mod path;
 pub mod provider;
 pub mod proxy;
+pub mod request_body;
 pub mod respond;
 pub mod router;
 pub mod routes;

@@ -17,9 +17,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::request_body::RequestBody;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use url::Url;
 
 use self::cutoff::{Cutoff, Guard};
@@ -155,7 +155,7 @@ impl Proxy {
     /// when it fires.
     pub async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         fwd: Forward<'_>,
         guard: impl FnOnce() -> Option<Guard>,
     ) -> Result<Response<Body>, ProxyError> {

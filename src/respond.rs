@@ -14,12 +14,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type BoxBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The body type of every response the gate produces or forwards, and of
-/// requests it forwards. The two bodies every forwarded request has (the
-/// client's, the upstream's answer) are held as they are, without a box of
-/// their own; anything else is boxed.
+/// requests it forwards. An upstream's answer is held as it is, without a
+/// box of its own; anything else is boxed.
 pub enum Body {
-    /// A client's request body, as hyper reads it.
-    Incoming(hyper::body::Incoming),
     /// An upstream's answer body, as the gate's HTTP/1.1 client reads it.
     Answer(crate::proxy::h1::Answer),
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
@@ -38,7 +35,6 @@ impl Body {
 impl std::fmt::Debug for Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Self::Incoming(_) => "Body::Incoming",
             Self::Answer(_) => "Body::Answer",
             Self::Boxed(_) => "Body::Boxed",
         })
@@ -55,7 +51,6 @@ impl http_body::Body for Body {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
         use std::pin::Pin;
         match self.get_mut() {
-            Self::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Self::Answer(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Self::Boxed(b) => Pin::new(b).poll_frame(cx),
         }
@@ -63,7 +58,6 @@ impl http_body::Body for Body {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Incoming(b) => b.is_end_stream(),
             Self::Answer(b) => b.is_end_stream(),
             Self::Boxed(b) => b.is_end_stream(),
         }
@@ -71,7 +65,6 @@ impl http_body::Body for Body {
 
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
-            Self::Incoming(b) => b.size_hint(),
             Self::Answer(b) => b.size_hint(),
             Self::Boxed(b) => b.size_hint(),
         }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::request_body::RequestBody;
 use http::{Request, Response, header};
-use hyper::body::Incoming;
 use tracing::Instrument as _;
 
 pub mod fast;
@@ -90,7 +90,7 @@ impl ClientConn {
 /// Handles one request.
 pub async fn handle(
     state: Arc<State>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     conn: Arc<ClientConn>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let start = Instant::now();
@@ -238,7 +238,11 @@ impl ClientConn {
     }
 }
 
-async fn route(state: &Arc<State>, mut req: Request<Incoming>, cx: &Context<'_>) -> Response<Body> {
+async fn route(
+    state: &Arc<State>,
+    mut req: Request<RequestBody>,
+    cx: &Context<'_>,
+) -> Response<Body> {
     if req.extensions().get::<AmbiguousFraming>().is_some() {
         return ambiguous_framing(&req);
     }
@@ -312,7 +316,7 @@ async fn route(state: &Arc<State>, mut req: Request<Incoming>, cx: &Context<'_>)
 /// A request carrying a session: forward it, refreshing first when due.
 async fn with_session(
     state: &Arc<State>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     cx: &Context<'_>,
     session: Arc<Session>,
     navigation: bool,
@@ -356,7 +360,7 @@ pub struct AmbiguousFraming;
 
 /// 400, and the connection closed: the bytes after an ambiguous head could be
 /// a request smuggled past a proxy in front, so none of them is read.
-fn ambiguous_framing(req: &Request<Incoming>) -> Response<Body> {
+fn ambiguous_framing(req: &Request<RequestBody>) -> Response<Body> {
     tracing::debug!("request refused: ambiguous message framing");
     let mut resp = Failure::BadRequest(
         "The request frames its body ambiguously (Content-Length with Transfer-Encoding, or Content-Length twice).".into(),
@@ -371,7 +375,7 @@ fn ambiguous_framing(req: &Request<Incoming>) -> Response<Body> {
 
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, an HTTP/1.0
 /// one at most (HTTP/2 carries `:authority` instead, and at most one `Host`).
-fn host_is_single(req: &Request<Incoming>) -> bool {
+fn host_is_single(req: &Request<RequestBody>) -> bool {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (_, Some(_)) => false,
@@ -380,12 +384,12 @@ fn host_is_single(req: &Request<Incoming>) -> bool {
     }
 }
 
-fn bad_request(req: &Request<Incoming>, why: &str) -> Response<Body> {
+fn bad_request(req: &Request<RequestBody>, why: &str) -> Response<Body> {
     tracing::debug!(reason = why, "request refused");
     Failure::BadRequest(why.into()).respond(respond::wants_html(req.headers()))
 }
 
-fn bad_path(req: &Request<Incoming>, why: &str) -> Response<Body> {
+fn bad_path(req: &Request<RequestBody>, why: &str) -> Response<Body> {
     tracing::debug!(reason = why, "request refused: unusable path");
     Failure::BadRequest(format!("{why}.")).respond(respond::wants_html(req.headers()))
 }
@@ -401,7 +405,7 @@ fn challenge(decision: &Decision, uri: &http::Uri) -> Response<Body> {
 
 async fn forward(
     state: &Arc<State>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     cx: &Context<'_>,
     tie: Tie,
     cookies: Vec<http::HeaderValue>,

@@ -8,8 +8,8 @@ mod logout;
 pub mod return_to;
 mod userinfo;
 
+use crate::request_body::RequestBody;
 use http::{Method, Request, Response};
-use hyper::body::Incoming;
 
 use crate::respond::{self, Body, Failure};
 use crate::router::State;
@@ -22,7 +22,7 @@ pub const USERINFO: &str = "/sso/userinfo";
 pub const HEALTHZ: &str = "/sso/healthz";
 pub const READYZ: &str = "/sso/readyz";
 
-pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: &State, req: Request<RequestBody>) -> Response<Body> {
     let html = respond::wants_html(req.headers());
     let method = req.method();
     let get = method == Method::GET || method == Method::HEAD;

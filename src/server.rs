@@ -72,9 +72,11 @@ use tokio_rustls::TlsAcceptor;
 
 use self::balance::{Balance, Handoff, Lane, Load};
 use self::drain::{Drain, Graceful, Hyper};
+pub use self::fast::Handover;
 use self::first_bytes::FirstBytes;
 use self::framing::{Framing, Verdicts};
 pub use self::framing::{follow_for_fuzzing, scan_for_fuzzing};
+use crate::request_body::RequestBody;
 use crate::router::{self, AmbiguousFraming, ClientConn, State};
 
 /// The own HTTP/1.1 path's choice against the framing watcher and hyper's
@@ -423,7 +425,7 @@ impl ToHyper {
             if seen.next_is_ambiguous() {
                 req.extensions_mut().insert(AmbiguousFraming);
             }
-            router::handle(state.clone(), req, client.clone())
+            router::handle(state.clone(), req.map(RequestBody::Hyper), client.clone())
         });
         let io = Framing::new(
             FirstBytes::new(io, self.first_bytes),
@@ -489,7 +491,10 @@ where
             match &mut this.phase {
                 Phase::Own(own) => match std::task::ready!(own.as_mut().poll(cx)) {
                     fast::Ended::Closed => this.phase = Phase::Done,
-                    fast::Ended::HandOver { io, read } => {
+                    fast::Ended::HandOver { io, read, why } => {
+                        if let Some(to_hyper) = &this.to_hyper {
+                            to_hyper.state.metrics.handed_over(why);
+                        }
                         let Some(to_hyper) = this.to_hyper.take() else {
                             this.phase = Phase::Done;
                             continue;

@@ -101,7 +101,7 @@ fn left_out(name: &[u8], fields: Fields<'_>, out: &Outbound<'_>, listing: bool) 
 }
 
 /// Whether a `Connection` header lists `name`.
-fn connection_lists(fields: Fields<'_>, name: &[u8]) -> bool {
+pub fn connection_lists(fields: Fields<'_>, name: &[u8]) -> bool {
     fields
         .values("connection")
         .flat_map(|v| v.split(|&b| b == b','))

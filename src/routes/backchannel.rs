@@ -4,9 +4,9 @@
 //! live connections: 200. Anything else changes nothing: 400 with an OAuth
 //! error body.
 
+use crate::request_body::RequestBody;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Limited};
-use hyper::body::Incoming;
 
 use crate::lifecycle;
 use crate::provider::{LogoutTarget, LogoutTokenError};
@@ -26,7 +26,7 @@ fn refuse(reason: &str) -> Response<Body> {
     )
 }
 
-pub async fn backchannel_logout(state: &State, req: Request<Incoming>) -> Response<Body> {
+pub async fn backchannel_logout(state: &State, req: Request<RequestBody>) -> Response<Body> {
     let form = req
         .headers()
         .get(header::CONTENT_TYPE)

@@ -1,7 +1,7 @@
 //! `GET /sso/authorization-code/callback`: finishes a sign-in.
 
+use crate::request_body::RequestBody;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use super::{query_param, with_cookies};
 use crate::config::Secret;
@@ -23,7 +23,7 @@ fn sign_in_failed(status: StatusCode, reason: impl Into<String>) -> Failure {
     }
 }
 
-pub async fn callback(state: &State, req: &Request<Incoming>) -> Response<Body> {
+pub async fn callback(state: &State, req: &Request<RequestBody>) -> Response<Body> {
     // The callback is always a browser navigation coming back from the provider.
     let html = true;
     let uri = req.uri();

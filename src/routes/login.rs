@@ -1,14 +1,14 @@
 //! `GET /sso/login?rd=PATH`: starts a sign-in.
 
+use crate::request_body::RequestBody;
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use super::{query_param, return_to, with_cookies};
 use crate::provider::ProviderError;
 use crate::respond::{self, Body, Failure};
 use crate::router::State;
 
-pub fn login(state: &State, req: &Request<Incoming>) -> Response<Body> {
+pub fn login(state: &State, req: &Request<RequestBody>) -> Response<Body> {
     let html = respond::wants_html(req.headers());
     let now = crate::clock::now();
     let return_to = return_to::sanitize(query_param(req.uri(), "rd").as_deref());

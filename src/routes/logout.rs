@@ -1,7 +1,7 @@
 //! `GET|POST /sso/logout`: ends the session here, then at the provider.
 
+use crate::request_body::RequestBody;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use super::with_cookies;
 use crate::lifecycle;
@@ -10,7 +10,7 @@ use crate::router::State;
 use crate::session::{Revocation, random_id};
 use crate::telemetry::metrics::Ended;
 
-pub fn logout(state: &State, req: &Request<Incoming>) -> Response<Body> {
+pub fn logout(state: &State, req: &Request<RequestBody>) -> Response<Body> {
     let session = state.store.load(req.headers());
     let mut cookies = Vec::new();
     state.store.clear(req.headers(), &mut cookies);

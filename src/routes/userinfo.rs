@@ -3,15 +3,15 @@
 
 use std::sync::Arc;
 
+use crate::request_body::RequestBody;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use super::with_cookies;
 use crate::lifecycle::{self, Checked};
 use crate::respond::{self, Body, Failure};
 use crate::router::{State, bearer_token, verify_bearer};
 
-pub async fn userinfo(state: &State, req: &Request<Incoming>) -> Response<Body> {
+pub async fn userinfo(state: &State, req: &Request<RequestBody>) -> Response<Body> {
     let now = crate::clock::now();
     let session = state
         .store

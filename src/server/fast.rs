@@ -53,6 +53,7 @@ use tokio::time::Sleep;
 use crate::fields::{Fields, Span};
 use crate::proxy::h1::AnswerHead;
 use crate::proxy::headers;
+use crate::request_body::RequestBody;
 use crate::respond::Body;
 use crate::router::fast::{self, Answered};
 use crate::router::{ClientConn, State};
@@ -71,7 +72,68 @@ pub enum Ended<I> {
     Closed,
     /// A request this path does not serve: hyper serves the connection from
     /// here on, starting with `read`, the bytes read and not yet served.
-    HandOver { io: I, read: BytesMut },
+    HandOver {
+        io: I,
+        read: BytesMut,
+        why: Handover,
+    },
+}
+
+/// Why a connection went to hyper: what its request needed (the reasons
+/// of `ssogate_http1_handovers_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handover {
+    /// Not an HTTP/1 head httparse reads: HTTP/2, or one hyper refuses (400).
+    NotHttp1,
+    /// Longer than `CT_MAX_HEADER_BYTES` (hyper answers 431).
+    HeadTooLarge,
+    Http10,
+    /// `CONNECT`, `TRACE`, an extension method or one not in upper case.
+    Method,
+    /// Absolute form, `*`, or a target hyper's URI parser refuses.
+    Target,
+    /// No `Host`, or more than one (hyper's path answers 400).
+    Host,
+    /// `Content-Length` other than one plain number.
+    ContentLength,
+    TransferEncoding,
+    /// `Upgrade` or `Connection: upgrade` (WebSockets).
+    Upgrade,
+    Expect,
+    /// A header field the router's `HeaderMap` cannot hold.
+    Header,
+}
+
+impl Handover {
+    pub const ALL: [Handover; 11] = [
+        Handover::NotHttp1,
+        Handover::HeadTooLarge,
+        Handover::Http10,
+        Handover::Method,
+        Handover::Target,
+        Handover::Host,
+        Handover::ContentLength,
+        Handover::TransferEncoding,
+        Handover::Upgrade,
+        Handover::Expect,
+        Handover::Header,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Handover::NotHttp1 => "not_http1",
+            Handover::HeadTooLarge => "head_too_large",
+            Handover::Http10 => "http1_0",
+            Handover::Method => "method",
+            Handover::Target => "target",
+            Handover::Host => "host",
+            Handover::ContentLength => "content_length",
+            Handover::TransferEncoding => "transfer_encoding",
+            Handover::Upgrade => "upgrade",
+            Handover::Expect => "expect",
+            Handover::Header => "header",
+        }
+    }
 }
 
 /// What bounds a connection's requests here (the server's settings).
@@ -109,7 +171,7 @@ struct Parsed {
 pub async fn serve<I>(
     io: I,
     state: &Arc<State>,
-    conn: &ClientConn,
+    conn: &Arc<ClientConn>,
     limits: Limits,
     stop: &Stop,
 ) -> Ended<I>
@@ -132,16 +194,19 @@ where
     let mut deadline = Instant::now() + limits.header_read_timeout;
     loop {
         let parsed = loop {
-            match parse(&c.buf, &mut spans) {
+            let why = match parse(&c.buf, &mut spans) {
                 Ok(Some(parsed)) if parsed.len <= limits.max_head => break parsed,
-                Ok(None) if c.buf.len() < limits.max_head => {}
+                Ok(None) if c.buf.len() < limits.max_head => None,
                 // Refused, or too long: hyper answers (400, 431).
-                _ => {
-                    return Ended::HandOver {
-                        io: c.io,
-                        read: c.buf,
-                    };
-                }
+                Ok(_) => Some(Handover::HeadTooLarge),
+                Err(()) => Some(Handover::NotHttp1),
+            };
+            if let Some(why) = why {
+                return Ended::HandOver {
+                    io: c.io,
+                    read: c.buf,
+                    why,
+                };
             }
             let waited = Wait {
                 io: &mut c.io,
@@ -158,7 +223,7 @@ where
         match c.one(&head, &parsed, &spans).await {
             Served::Kept => {}
             Served::Closed => return Ended::Closed,
-            Served::Declined => return hand_over(c.io, &head, c.buf),
+            Served::Declined(why) => return hand_over(c.io, &head, c.buf, why),
         }
         drop(head);
         deadline = Instant::now() + limits.header_read_timeout;
@@ -173,7 +238,7 @@ struct Serving<'a, I> {
     /// The answer head being written.
     out: Vec<u8>,
     state: &'a Arc<State>,
-    conn: &'a ClientConn,
+    conn: &'a Arc<ClientConn>,
     limits: Limits,
     stop: &'a Stop,
 }
@@ -185,19 +250,24 @@ enum Served {
     /// Answered (or not: the client left, the answer failed); closed.
     Closed,
     /// Not served here: nothing was done for it.
-    Declined,
+    Declined(Handover),
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin> Serving<'_, I> {
     /// Serves the request whose head (`head`, parsed as `parsed` and
     /// `spans`) was taken off the read buffer.
     async fn one(&mut self, head: &Bytes, parsed: &Parsed, spans: &[Span]) -> Served {
-        let Some(plan) = plan(head, parsed, spans) else {
-            return Served::Declined;
+        let plan = match plan(head, parsed, spans) {
+            Ok(plan) => plan,
+            Err(why) => return Served::Declined(why),
         };
         let fields = Fields::Spans { head, spans };
-        let Some(admitted) = fast::admit(self.state, self.conn, fields, crate::clock::now()) else {
-            return Served::Declined;
+        let admitted = plan
+            .direct
+            .then(|| fast::admit(self.state, self.conn, fields, crate::clock::now()))
+            .flatten();
+        let Some(admitted) = admitted else {
+            return self.routed(head, parsed, spans, &plan).await;
         };
         let req = fast::Request {
             method: &head[parsed.method.0..parsed.method.1],
@@ -243,9 +313,23 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Serving<'_, I> {
                 )
                 .await
             }
-            Answered::Gate(resp) => {
-                let bodiless = req.method == b"HEAD";
-                write_gate_answer(&mut self.io, &mut self.out, resp, &id, close, bodiless).await
+            Answered::Gate(mut resp) => {
+                if let Ok(value) = http::HeaderValue::from_str(id.as_str()) {
+                    resp.headers_mut().insert(request_id::X_REQUEST_ID, value);
+                }
+                let head_request = req.method == b"HEAD";
+                let max_head = self.limits.max_head;
+                write_routed(
+                    &mut self.io,
+                    &mut self.buf,
+                    &mut self.out,
+                    resp,
+                    head_request,
+                    close,
+                    max_head,
+                )
+                .await
+                .map(|_| ())
             }
         };
         if written.is_err() || close {
@@ -255,14 +339,64 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Serving<'_, I> {
         Served::Kept
     }
 
+    /// Serves a request the gate cannot admit at once (or one of its own
+    /// routes, or a path to normalise) through the router, as hyper would:
+    /// the same `router::handle`, given the same request, its answer
+    /// written as hyper writes it ([`write_routed`]).
+    async fn routed(
+        &mut self,
+        head: &Bytes,
+        parsed: &Parsed,
+        spans: &[Span],
+        plan: &Plan,
+    ) -> Served {
+        let Some(mut req) = request(head, parsed, spans, plan) else {
+            return Served::Declined(Handover::Header);
+        };
+        let pipe = plan.length.filter(|n| *n > 0).map(body::Pipe::new);
+        if let Some(pipe) = &pipe {
+            *req.body_mut() = RequestBody::own(body::ClientBody(pipe.clone()));
+        }
+        let head_request = req.method() == http::Method::HEAD;
+        let handled = pin!(crate::router::handle(
+            self.state.clone(),
+            req,
+            self.conn.clone()
+        ));
+        let Some(Ok(resp)) = self.meanwhile(handled, pipe.as_deref()).await else {
+            return Served::Closed;
+        };
+        // An answer before the body was all read: the rest is skipped when
+        // it is already here, else the connection closes after the answer.
+        let unread = pipe.is_some_and(|p| !skip_rest(&p, &mut self.buf));
+        let close = plan.close || self.stop.is_set() || unread;
+        let written = write_routed(
+            &mut self.io,
+            &mut self.buf,
+            &mut self.out,
+            resp,
+            head_request,
+            close,
+            self.limits.max_head,
+        )
+        .await;
+        match written {
+            Ok(false) => Served::Kept,
+            Ok(true) | Err(()) => {
+                let _ = self.io.shutdown().await;
+                Served::Closed
+            }
+        }
+    }
+
     /// Runs `forwarded` while the connection gives its request body
     /// (`pipe`) piece by piece and, once that is all read, is watched: a
     /// client that hangs up while its request waits ends it (`None`).
-    fn meanwhile<'s, F: std::future::Future<Output = Answered>>(
+    fn meanwhile<'s, F: std::future::Future>(
         &'s mut self,
         mut forwarded: Pin<&'s mut F>,
         pipe: Option<&'s body::Pipe>,
-    ) -> impl std::future::Future<Output = Option<Answered>> + 's {
+    ) -> impl std::future::Future<Output = Option<F::Output>> + 's {
         let max_head = self.limits.max_head;
         std::future::poll_fn(move |cx| {
             loop {
@@ -283,11 +417,48 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Serving<'_, I> {
 }
 
 /// The bytes `head` and `rest`, read and not served, for hyper.
-fn hand_over<I>(io: I, head: &[u8], rest: BytesMut) -> Ended<I> {
+fn hand_over<I>(io: I, head: &[u8], rest: BytesMut, why: Handover) -> Ended<I> {
     let mut read = BytesMut::with_capacity(head.len() + rest.len());
     read.extend_from_slice(head);
     read.extend_from_slice(&rest);
-    Ended::HandOver { io, read }
+    Ended::HandOver { io, read, why }
+}
+
+/// Skips what is left of a request body the router answered without
+/// reading all of it, when that is already read: false when it is not.
+fn skip_rest(pipe: &body::Pipe, buf: &mut BytesMut) -> bool {
+    let left = pipe.left();
+    if left > buf.len() as u64 {
+        return false;
+    }
+    // At most `buf.len()`, which is a usize.
+    bytes::Buf::advance(buf, usize::try_from(left).unwrap_or(0));
+    true
+}
+
+/// The request the router is given for a head served here, as hyper would
+/// make it (its body set by the caller); `None` for a header field a
+/// `HeaderMap` cannot hold.
+fn request(
+    head: &Bytes,
+    parsed: &Parsed,
+    spans: &[Span],
+    plan: &Plan,
+) -> Option<http::Request<RequestBody>> {
+    let method = http::Method::from_bytes(&head[parsed.method.0..parsed.method.1]).ok()?;
+    let mut headers = http::HeaderMap::with_capacity(spans.len());
+    for (name, value) in (Fields::Spans { head, spans }).iter() {
+        headers.append(
+            http::HeaderName::from_bytes(name).ok()?,
+            http::HeaderValue::from_maybe_shared(head.slice_ref(value)).ok()?,
+        );
+    }
+    let mut req = http::Request::new(RequestBody::Empty);
+    *req.method_mut() = method;
+    *req.uri_mut() = http::Uri::from(plan.target.clone());
+    *req.version_mut() = http::Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Some(req)
 }
 
 /// Parses a request head at the start of `buf` as hyper does; its headers
@@ -337,7 +508,9 @@ pub(super) fn serves(data: &[u8], max_head: usize) -> Option<(usize, u64)> {
     let mut spans = Vec::new();
     let parsed = parse(data, &mut spans).ok()??;
     let head = Bytes::copy_from_slice(data.get(..parsed.len)?);
-    let plan = plan(&head, &parsed, &spans).filter(|_| parsed.len <= max_head)?;
+    let plan = plan(&head, &parsed, &spans)
+        .ok()
+        .filter(|_| parsed.len <= max_head)?;
     Some((parsed.len, plan.length.unwrap_or(0)))
 }
 
@@ -349,12 +522,16 @@ struct Plan {
     length: Option<u64>,
     /// The client asked to close after this answer.
     close: bool,
+    /// Its path is already normal and not the gate's: it may be admitted
+    /// and forwarded without the router ([`fast::admit`]).
+    direct: bool,
 }
 
-/// Whether this path serves a request with this head; `None` hands it to hyper.
-fn plan(head: &Bytes, parsed: &Parsed, spans: &[Span]) -> Option<Plan> {
+/// Whether this path serves a request with this head; `Err` hands it to
+/// hyper.
+fn plan(head: &Bytes, parsed: &Parsed, spans: &[Span]) -> Result<Plan, Handover> {
     if parsed.minor != 1 {
-        return None;
+        return Err(Handover::Http10);
     }
     let method = &head[parsed.method.0..parsed.method.1];
     let plain = [
@@ -367,23 +544,21 @@ fn plan(head: &Bytes, parsed: &Parsed, spans: &[Span]) -> Option<Plan> {
         b"PATCH",
     ];
     if !plain.contains(&method) {
-        return None;
+        return Err(Handover::Method);
     }
     let raw_target = head.slice(parsed.target.0..parsed.target.1);
     if !raw_target.starts_with(b"/") {
-        return None;
+        return Err(Handover::Target);
     }
-    let target = PathAndQuery::from_maybe_shared(raw_target).ok()?;
-    // One normal form for every decision and for the upstream; a path that
+    let target = PathAndQuery::from_maybe_shared(raw_target).map_err(|_| Handover::Target)?;
+    // One normal form for every decision and for the upstream: a path that
     // needs normalising (or is refused), the gate's prefix in any spelling
-    // and the gate's own routes are hyper's.
-    match crate::path::normalise(target.path()) {
-        Ok(std::borrow::Cow::Borrowed(_)) => {}
-        _ => return None,
-    }
-    if crate::router::is_gate_path(target.path()) || crate::path::is_reserved(target.path()) {
-        return None;
-    }
+    // and the gate's own routes go through the router.
+    let direct = matches!(
+        crate::path::normalise(target.path()),
+        Ok(std::borrow::Cow::Borrowed(_))
+    ) && !crate::router::is_gate_path(target.path())
+        && !crate::path::is_reserved(target.path());
     let fields = Fields::Spans { head, spans };
     let mut length = None;
     let mut close = false;
@@ -397,29 +572,39 @@ fn plan(head: &Bytes, parsed: &Parsed, spans: &[Span]) -> Option<Plan> {
             // the framing watcher's).
             let digits = value.trim_ascii();
             if length.is_some() || digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-                return None;
+                return Err(Handover::ContentLength);
             }
-            length = Some(std::str::from_utf8(digits).ok()?.parse::<u64>().ok()?);
-        } else if is("transfer-encoding") || is("upgrade") || is("expect") {
-            return None;
+            length = Some(
+                std::str::from_utf8(digits)
+                    .ok()
+                    .and_then(|d| d.parse::<u64>().ok())
+                    .ok_or(Handover::ContentLength)?,
+            );
+        } else if is("transfer-encoding") {
+            return Err(Handover::TransferEncoding);
+        } else if is("upgrade") {
+            return Err(Handover::Upgrade);
+        } else if is("expect") {
+            return Err(Handover::Expect);
         } else if is("connection") {
             for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    return None;
+                    return Err(Handover::Upgrade);
                 }
             }
         }
     }
     // Exactly one Host (RFC 9112 §3.2); anything else gets hyper's path's 400.
     if hosts != 1 {
-        return None;
+        return Err(Handover::Host);
     }
-    Some(Plan {
+    Ok(Plan {
         target,
         length,
         close,
+        direct,
     })
 }
 
@@ -636,43 +821,77 @@ enum Step {
     Failed,
 }
 
-/// Writes one of the gate's own answers (a map-based response, like the
-/// 502 when the upstream cannot be reached), body whole; `bodiless`: the
-/// request was `HEAD`.
-async fn write_gate_answer<I>(
+/// Writes a map-based answer (the router's, or one of the gate's own like
+/// the 502 when the upstream cannot be reached) as hyper writes it: its
+/// headers but for the framing and `Connection`, `Date` when it has none,
+/// the body's length when known (the declared one, else the body's exact
+/// size) or chunks, no body for `HEAD` (`head_request`), 1xx, 204 and 304.
+/// `Ok(true)`: the connection closes after it (`close`, or the answer asks
+/// to).
+async fn write_routed<I>(
     io: &mut I,
+    buf: &mut BytesMut,
     out: &mut Vec<u8>,
     resp: http::Response<Body>,
-    id: &RequestId,
-    close: bool,
-    bodiless: bool,
-) -> Result<(), ()>
+    head_request: bool,
+    mut close: bool,
+    max_head: usize,
+) -> Result<bool, ()>
 where
-    I: AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin,
 {
+    use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
     let (parts, body) = resp.into_parts();
-    // The gate's answers are small and whole.
-    let body = http_body_util::BodyExt::collect(body)
-        .await
-        .map_err(|_| ())?
-        .to_bytes();
+    let status = parts.status;
+    let no_content = status.is_informational() || status == StatusCode::NO_CONTENT;
+    let bodiless = head_request || no_content || status == StatusCode::NOT_MODIFIED;
+    close |= headers::connection_lists(Fields::Map(&parts.headers), b"close");
+    let declared = match parts
+        .headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .collect::<Vec<_>>()[..]
+    {
+        [one] => std::str::from_utf8(one.as_bytes())
+            .ok()
+            .and_then(|n| n.trim().parse::<u64>().ok()),
+        _ => None,
+    };
+    let length = declared.or(body.size_hint().exact());
     out.clear();
-    status_line(out, parts.status);
+    status_line(out, status);
+    let mut dated = false;
     for (name, value) in &parts.headers {
-        if name != http::header::CONTENT_LENGTH && name != request_id::X_REQUEST_ID {
-            line(out, name.as_str().as_bytes(), value.as_bytes());
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
+            continue;
         }
+        dated |= name == DATE;
+        line(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    date_line(out);
-    line(out, b"x-request-id", id.as_str().as_bytes());
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "content-length: {}\r\n", body.len());
+    if !dated {
+        date_line(out);
+    }
+    let chunked = !bodiless && length.is_none();
+    match length {
+        // A 304 keeps only a declared length; a 1xx or 204 has none.
+        Some(n) if !no_content && (declared.is_some() || status != StatusCode::NOT_MODIFIED) => {
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        _ if chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    let body: &[u8] = if bodiless { &[] } else { &body };
-    write_all(io, &mut [IoSlice::new(out), IoSlice::new(body)]).await
+    if bodiless {
+        drop(body);
+        write_all(io, &mut [IoSlice::new(out)]).await?;
+    } else {
+        write_body(io, buf, out, body, chunked, max_head).await?;
+    }
+    Ok(close)
 }
 
 /// Writes all of `parts` and flushes (a TLS stream holds what it is given).

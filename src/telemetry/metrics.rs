@@ -21,6 +21,7 @@ mod per_thread;
 
 use std::time::Duration;
 
+use crate::server::Handover;
 use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
@@ -86,6 +87,7 @@ pub struct Metrics {
     ended: [Counter; 5],
     pub websockets_open: Gauge,
     pub jwks_fetches: Counter,
+    handovers: [Counter; 11],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -144,10 +146,17 @@ impl Metrics {
             ended,
             websockets_open,
             jwks_fetches: r.counter("ssogate_jwks_fetches_total", &[]),
+            handovers: Handover::ALL
+                .map(|why| r.counter("ssogate_http1_handovers_total", &[("reason", why.as_str())])),
             handle: recorder.handle(),
         };
         // Every counter shows from the first scrape, at 0.
-        for c in metrics.sign_in_failures.iter().chain(&metrics.ended) {
+        for c in metrics
+            .sign_in_failures
+            .iter()
+            .chain(&metrics.ended)
+            .chain(&metrics.handovers)
+        {
             c.increment(0);
         }
         metrics
@@ -163,6 +172,11 @@ impl Metrics {
 
     pub fn session_ended(&self, cause: Ended) {
         self.ended[cause as usize].increment(1);
+    }
+
+    /// A client connection left the own HTTP/1.1 path for hyper.
+    pub fn handed_over(&self, why: Handover) {
+        self.handovers[why as usize].increment(1);
     }
 
     /// The text exposition format; also folds recorded samples into the histograms.

@@ -4,6 +4,10 @@ use super::*;
 
 /// `head` parsed and planned, as the connection loop does.
 fn planned(head: &[u8]) -> Option<Plan> {
+    planning(head).ok()
+}
+
+fn planning(head: &[u8]) -> Result<Plan, Handover> {
     let mut spans = Vec::new();
     let parsed = parse(head, &mut spans)
         .expect("a head httparse reads")
@@ -16,7 +20,7 @@ fn planned(head: &[u8]) -> Option<Plan> {
 fn simple_requests_are_served_here() {
     let p = planned(b"GET /app/x?y=1 HTTP/1.1\r\nHost: g\r\nCookie: a=1\r\n\r\n").unwrap();
     assert_eq!(p.target.as_str(), "/app/x?y=1");
-    assert_eq!((p.length, p.close), (None, false));
+    assert_eq!((p.length, p.close, p.direct), (None, false, true));
     for method in ["HEAD", "OPTIONS", "DELETE", "POST", "PUT", "PATCH"] {
         let head = format!("{method} / HTTP/1.1\r\nHost: g\r\nContent-Length: 0\r\n\r\n");
         let p = planned(head.as_bytes()).unwrap_or_else(|| panic!("{method}"));
@@ -38,41 +42,89 @@ fn simple_requests_are_served_here() {
 }
 
 #[test]
-fn everything_else_is_handed_to_hyper() {
-    let declined: &[&[u8]] = &[
+fn the_gates_routes_and_paths_to_normalise_go_through_the_router_here() {
+    for head in [
+        &b"GET /sso/login?rd=/x HTTP/1.1\r\nHost: g\r\n\r\n"[..],
+        b"GET /sso HTTP/1.1\r\nHost: g\r\n\r\n",
+        b"POST /sso/logout HTTP/1.1\r\nHost: g\r\nContent-Length: 0\r\n\r\n",
+        b"GET /SSO/login HTTP/1.1\r\nHost: g\r\n\r\n",
+        b"GET /a/../sso/login HTTP/1.1\r\nHost: g\r\n\r\n",
+        b"GET /a/./b HTTP/1.1\r\nHost: g\r\n\r\n",
+        b"GET /a//b HTTP/1.1\r\nHost: g\r\n\r\n",
+        b"GET /%2e%2e/x HTTP/1.1\r\nHost: g\r\n\r\n",
+    ] {
+        let p = planned(head).unwrap_or_else(|| panic!("{:?}", String::from_utf8_lossy(head)));
+        assert!(
+            !p.direct,
+            "{:?} is the router's, never admitted directly",
+            String::from_utf8_lossy(head)
+        );
+    }
+}
+
+#[test]
+fn everything_else_is_handed_to_hyper_with_its_reason() {
+    use Handover as H;
+    let declined: &[(&[u8], Handover)] = &[
         // No Host, or two (hyper's path answers 400).
-        b"GET / HTTP/1.1\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: g\r\nHost: h\r\n\r\n",
-        b"GET / HTTP/1.0\r\n\r\n",
-        b"CONNECT g:443 HTTP/1.1\r\n\r\n",
-        b"TRACE / HTTP/1.1\r\n\r\n",
-        b"BREW / HTTP/1.1\r\n\r\n",
-        b"GET http://g/ HTTP/1.1\r\n\r\n",
-        b"OPTIONS * HTTP/1.1\r\n\r\n",
-        // The gate's routes, its prefix in other spellings, paths to normalise.
-        b"GET /sso/login HTTP/1.1\r\n\r\n",
-        b"GET /sso HTTP/1.1\r\n\r\n",
-        b"GET /SSO/login HTTP/1.1\r\n\r\n",
-        b"GET /a/../sso/login HTTP/1.1\r\n\r\n",
-        b"GET /a/./b HTTP/1.1\r\n\r\n",
-        b"GET /a//b HTTP/1.1\r\n\r\n",
-        b"GET /%2e%2e/x HTTP/1.1\r\n\r\n",
+        (b"GET / HTTP/1.1\r\n\r\n", H::Host),
+        (b"GET / HTTP/1.1\r\nHost: g\r\nHost: h\r\n\r\n", H::Host),
+        (b"GET / HTTP/1.0\r\n\r\n", H::Http10),
+        (b"CONNECT g:443 HTTP/1.1\r\n\r\n", H::Method),
+        (b"TRACE / HTTP/1.1\r\n\r\n", H::Method),
+        (b"BREW / HTTP/1.1\r\n\r\n", H::Method),
+        (b"get / HTTP/1.1\r\n\r\n", H::Method),
+        (b"GET http://g/ HTTP/1.1\r\n\r\n", H::Target),
+        (b"OPTIONS * HTTP/1.1\r\n\r\n", H::Target),
         // Body framing other than one plain Content-Length, upgrades, expectations.
-        b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
-        b"POST / HTTP/1.1\r\nContent-Length: 5 5\r\n\r\n",
-        b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
-        b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
-        b"POST / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
-        b"POST / HTTP/1.1\r\nContent-Length: 0, 0\r\n\r\n",
-        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-        b"POST / HTTP/1.1\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
-        b"GET / HTTP/1.1\r\nTRANSFER-encoding: identity\r\n\r\n",
-        b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-        b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n",
-        b"GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
-        b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            H::ContentLength,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 5 5\r\n\r\n",
+            H::ContentLength,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            H::ContentLength,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            H::ContentLength,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            H::ContentLength,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 0, 0\r\n\r\n",
+            H::ContentLength,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            H::TransferEncoding,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            H::TransferEncoding,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nTRANSFER-encoding: identity\r\n\r\n",
+            H::TransferEncoding,
+        ),
+        (
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            H::Upgrade,
+        ),
+        (b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n", H::Upgrade),
+        (b"GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n", H::Upgrade),
+        (
+            b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
+            H::Expect,
+        ),
     ];
-    for (i, head) in declined.iter().enumerate() {
+    for (i, (head, why)) in declined.iter().enumerate() {
         // Each with one Host but the first two, so each shows its own reason.
         let head = if i < 2 {
             head.to_vec()
@@ -80,12 +132,15 @@ fn everything_else_is_handed_to_hyper() {
             let line_end = head.iter().position(|&b| b == b'\n').unwrap() + 1;
             [&head[..line_end], b"Host: g\r\n", &head[line_end..]].concat()
         };
-        assert!(
-            planned(&head).is_none(),
+        assert_eq!(
+            planning(&head).err(),
+            Some(*why),
             "{:?} must go to hyper",
             String::from_utf8_lossy(&head)
         );
     }
+    let names: std::collections::HashSet<_> = Handover::ALL.iter().map(|h| h.as_str()).collect();
+    assert_eq!(names.len(), Handover::ALL.len(), "one label per reason");
 }
 
 #[test]

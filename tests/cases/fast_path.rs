@@ -18,6 +18,7 @@ mod answers;
 mod bodies;
 mod clients;
 mod conn;
+mod coverage;
 mod keep_alive;
 mod raw_upstream;
 mod requests;

@@ -74,6 +74,33 @@ impl Gate {
         })
     }
 
+    /// As [`Gate::start_on`], with metrics served on a port of their own
+    /// (returned).
+    pub async fn start_with_metrics(
+        listener: TcpListener,
+        url: String,
+        vars: Vec<(String, String)>,
+    ) -> Result<(Gate, std::net::SocketAddr), String> {
+        let port = listener.local_addr().unwrap().port();
+        let config = ssogate::Config::from_pairs(vars).map_err(|e| e.to_string())?;
+        let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app = ssogate::App::with_listener(config, listener)
+            .map_err(|e| e.to_string())?
+            .with_metrics_listener(Some(metrics));
+        let metrics_addr = app.metrics_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run(async move {
+            let _ = rx.await;
+        }));
+        let gate = Gate {
+            url,
+            port,
+            stop: Some(tx),
+            task: Some(task),
+        };
+        Ok((gate, metrics_addr))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.url)
     }

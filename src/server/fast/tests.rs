@@ -227,3 +227,173 @@ fn the_fuzz_check_sees_served_heads_and_declined_ones() {
     );
     assert_eq!(smuggled, Ok(false));
 }
+
+/// A body of `parts` whose length is not known ahead.
+struct Unsized(Vec<&'static [u8]>);
+
+impl http_body::Body for Unsized {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if self.0.is_empty() {
+            return Poll::Ready(None);
+        }
+        let part = self.0.remove(0);
+        Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(part)))))
+    }
+}
+
+/// What `write_routed` puts on the wire for `resp`, and whether it closes.
+async fn routed_bytes(
+    resp: http::Response<Body>,
+    head_request: bool,
+    close: bool,
+) -> (String, bool) {
+    let (mut ours, mut theirs) = tokio::io::duplex(64 * 1024);
+    let closes = write_routed(
+        &mut ours,
+        &mut BytesMut::new(),
+        &mut Vec::new(),
+        resp,
+        head_request,
+        close,
+        8 * 1024,
+    )
+    .await
+    .expect("written");
+    drop(ours);
+    let mut wire = Vec::new();
+    theirs.read_to_end(&mut wire).await.unwrap();
+    (String::from_utf8(wire).unwrap(), closes)
+}
+
+fn full(status: u16, headers: &[(&str, &str)], body: &'static str) -> http::Response<Body> {
+    let mut resp = http::Response::new(Body::boxed(http_body_util::Full::new(Bytes::from_static(
+        body.as_bytes(),
+    ))));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+    for (name, value) in headers {
+        resp.headers_mut().append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    resp
+}
+
+/// The head's lines after the status line, lowercased names, `date` left out.
+fn lines_of(wire: &str) -> (Vec<String>, &str) {
+    let (head, body) = wire.split_once("\r\n\r\n").unwrap();
+    let lines = head
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with("date: "))
+        .map(str::to_owned)
+        .collect();
+    (lines, body)
+}
+
+#[tokio::test]
+async fn router_answers_are_framed_as_hyper_frames_them() {
+    // A known length: Content-Length, the body, a Date, the framing and
+    // Connection headers of the map replaced by the gate's own.
+    let resp = full(
+        200,
+        &[
+            ("content-type", "application/json"),
+            ("x-request-id", "abc"),
+            ("connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+        ],
+        "{\"a\":1}",
+    );
+    let (wire, closes) = routed_bytes(resp, false, false).await;
+    assert!(wire.starts_with("HTTP/1.1 200 OK\r\n"), "{wire}");
+    assert_eq!(wire.matches("\r\ndate: ").count(), 1, "{wire}");
+    let (lines, body) = lines_of(&wire);
+    assert_eq!(
+        lines,
+        [
+            "content-type: application/json",
+            "x-request-id: abc",
+            "set-cookie: a=1",
+            "set-cookie: b=2",
+            "content-length: 7"
+        ],
+        "{wire}"
+    );
+    assert_eq!((body, closes), ("{\"a\":1}", false));
+
+    // An unknown length: chunks, ended.
+    let mut resp = http::Response::new(Body::boxed(Unsized(vec![b"hel", b"lo"])));
+    resp.headers_mut().insert(
+        "date",
+        http::HeaderValue::from_static("Mon, 07 Dec 2026 13:00:00 GMT"),
+    );
+    let (wire, _) = routed_bytes(resp, false, false).await;
+    assert_eq!(
+        wire.matches("date: ").count(),
+        1,
+        "the answer's own Date is kept, not doubled: {wire}"
+    );
+    let (lines, body) = lines_of(&wire);
+    assert_eq!(lines, ["transfer-encoding: chunked"], "{wire}");
+    assert_eq!(body, "3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n");
+
+    // HEAD: the length GET would have, no body.
+    let (wire, _) = routed_bytes(full(200, &[], "hello"), true, false).await;
+    let (lines, body) = lines_of(&wire);
+    assert_eq!(
+        (lines, body),
+        (vec!["content-length: 5".to_owned()], ""),
+        "{wire}"
+    );
+
+    // 204: neither length nor body; 304: only a length it declares.
+    let (wire, _) = routed_bytes(full(204, &[("content-length", "0")], ""), false, false).await;
+    assert_eq!(lines_of(&wire), (vec![], ""), "{wire}");
+    let (wire, _) = routed_bytes(full(304, &[("etag", "\"x\"")], ""), false, false).await;
+    assert_eq!(
+        lines_of(&wire),
+        (vec!["etag: \"x\"".to_owned()], ""),
+        "{wire}"
+    );
+    let (wire, _) = routed_bytes(full(304, &[("content-length", "10")], ""), false, false).await;
+    assert_eq!(
+        lines_of(&wire),
+        (vec!["content-length: 10".to_owned()], ""),
+        "{wire}"
+    );
+
+    // Closing: asked by the caller, or by the answer's own Connection header.
+    let (wire, closes) = routed_bytes(full(400, &[], "no"), false, true).await;
+    assert!(
+        closes && wire.contains("\r\nconnection: close\r\n"),
+        "{wire}"
+    );
+    let (wire, closes) =
+        routed_bytes(full(400, &[("connection", "Close")], "no"), false, false).await;
+    assert!(closes, "{wire}");
+    assert_eq!(wire.matches("onnection: ").count(), 1, "{wire}");
+    assert!(wire.ends_with("connection: close\r\n\r\nno"), "{wire}");
+}
+
+#[test]
+fn a_refused_bodys_rest_is_skipped_only_when_it_is_all_read() {
+    let pipe = body::Pipe::new(10);
+    let mut buf = BytesMut::from(&b"0123"[..]);
+    assert!(pipe.put(&mut buf));
+    let mut rest = BytesMut::from(&b"456789GET / HTTP/1.1\r\n"[..]);
+    assert!(skip_rest(&pipe, &mut rest));
+    assert_eq!(&rest[..], b"GET / HTTP/1.1\r\n", "the next request stays");
+    let pipe = body::Pipe::new(10);
+    let mut short = BytesMut::from(&b"0123"[..]);
+    assert!(!skip_rest(&pipe, &mut short), "six bytes still to come");
+    assert_eq!(&short[..], b"0123");
+}

@@ -1,35 +1,41 @@
 //! The server's own HTTP/1.1 path for the requests that make up nearly all
 //! of a gate's traffic: a signed-in client's plain requests to the
-//! upstream.
+//! upstream, and the refusals, sign-ins and refreshes around them.
 //!
 //! A connection starts here. Each request head is parsed once, in place
-//! (httparse, as hyper configures it), and if it is a simple one — HTTP/1.1,
-//! origin form, a path already normal and not the gate's, one `Host`, no
-//! body or one framed by a single `Content-Length`, no `Transfer-Encoding`,
-//! `Upgrade` or `Expect` — and the gate can admit it without waiting
-//! ([`fast::admit`]: a session needing no refresh, a bearer token whose key
-//! is loaded), it is forwarded with its
-//! header fields read from the head's bytes, and the upstream's answer head
-//! is filtered and copied to the client as bytes, its body streamed as it
-//! comes. Neither head becomes a header map, and no service, dispatcher or
-//! second buffer stands between the two sockets.
+//! (httparse, as hyper configures it), and if its shape is a simple one —
+//! HTTP/1.1, origin form, a standard method, one `Host`, no body or one
+//! framed by a single `Content-Length`, no `Transfer-Encoding`, `Upgrade`
+//! or `Expect` ([`plan`]) — it is served here:
+//! - when its path is already normal and not the gate's, and the gate can
+//!   admit it without waiting ([`fast::admit`]: a session needing no
+//!   refresh, a bearer token whose key is loaded), it is forwarded with its
+//!   header fields read from the head's bytes, and the upstream's answer
+//!   head is filtered and copied to the client as bytes, its body streamed
+//!   as it comes. Neither head becomes a header map, and no service,
+//!   dispatcher or second buffer stands between the two sockets;
+//! - otherwise (the gate's routes, 401s and 302s, refreshes, key reloads,
+//!   paths to normalise) it becomes an `http::Request` and goes through
+//!   `router::handle`, as hyper's requests do, and the answer is framed as
+//!   hyper frames it ([`write_routed`]). The connection stays here.
 //!
-//! Anything else is not served here: the connection is handed to hyper with
-//! the bytes read so far, before anything was done for that request, and
-//! hyper (with the framing watcher) serves it and the rest of the
-//! connection. That covers the sign-in routes, 401s and 302s, refreshes,
-//! chunked request bodies, `Expect: 100-continue`, WebSocket upgrades,
-//! HTTP/2, HTTP/1.0, and every head hyper would refuse (it answers 400 or
-//! 431 as before). What a client sees
+//! A head of any other shape is not served here: the connection is handed
+//! to hyper with the bytes read so far, before anything was done for that
+//! request, and hyper (with the framing watcher) serves it and the rest of
+//! the connection ([`Handover`] says why; `ssogate_http1_handovers_total`
+//! counts it). That covers chunked request bodies, `Expect:
+//! 100-continue`, WebSocket upgrades, HTTP/2, HTTP/1.0, and every head
+//! hyper would refuse (it answers 400 or 431 as before). What a client sees
 //! is the same either way: the same headers reach the upstream (the same
 //! [`to_upstream`](crate::proxy::headers::to_upstream) writes them), the same
 //! answer headers are removed, `X-Request-Id` and `Date` are set as hyper
 //! would, a client that hangs up while its request waits is noticed, and
 //! a drain closes idle connections and finishes the request in flight. A
 //! request body streams to the upstream as it is read ([`body`]), cut after
-//! `CT_BODY_IDLE_TIMEOUT` without a byte (400); when the upstream answers
-//! before the body is all read, or the body fails, the connection closes
-//! after the answer, as its framing can no longer be followed.
+//! `CT_BODY_IDLE_TIMEOUT` without a byte (400); when the upstream (or the
+//! router) answers before the body is all read, the rest is skipped if it
+//! has all arrived, and otherwise (or when the body fails) the connection
+//! closes after the answer, as its framing can no longer be followed.
 //!
 //! Timing matches hyper's: the head-read timeout (`CT_HEADER_READ_TIMEOUT`)
 //! runs from the connection's start for its first request and from the end

@@ -6,10 +6,11 @@
 //
 // CONFIG: {duration, warmup, rounds, connections, threads, clk_tck, wrk_lua,
 //          procs: {name: root pid}, extra: {...copied into the output...},
-//          variants: [{id, name, group, base, url, cookie?, bearer?, accept?,
-//                      expect, server, body_bytes?}]}
+//          variants: [{id, name, group, base, nginx, url, cookie?, bearer?, accept?,
+//                      expect, server, body_bytes?, same?}]}
 // `server` names the process tree (in procs) whose CPU per request is the
-// variant's "server CPU"; `base` is the id of the variant's group's direct run.
+// variant's "server CPU"; `base` is the id of the variant's group's direct run,
+// `nginx` that of its nginx run, `same` that of nginx sent the same request.
 
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -25,7 +26,9 @@ const log = (...a) => process.stderr.write(`${a.join(' ')}\n`);
 // ratios need), for a quick look; a published table runs them all.
 if (process.env.BENCH_ONLY) {
   const want = new Set(process.env.BENCH_ONLY.split(',').map((x) => x.trim()));
-  for (const v of cfg.variants) if (want.has(v.id)) { want.add(v.base); want.add(v.nginx); }
+  for (const v of cfg.variants) {
+    if (want.has(v.id)) { want.add(v.base); want.add(v.nginx); if (v.same) want.add(v.same); }
+  }
   cfg.variants = cfg.variants.filter((v) => want.has(v.id));
 }
 
@@ -152,6 +155,23 @@ for (const v of cfg.variants) {
   s.p99_added_ms = s.p99_ms - direct.p99_ms;
   s.p50_added_ms = s.p50_ms - direct.p50_ms;
   s.cpu_x_nginx = s.server_cpu_us_per_req / nginx.server_cpu_us_per_req;
+  const same = summary[v.same];
+  if (same) {
+    s.x_nginx_same = s.rps / same.rps;
+    s.cpu_x_nginx_same = s.server_cpu_us_per_req / same.server_cpu_us_per_req;
+  }
+}
+
+// Each round's gate req/s over the same round's nginx req/s: the spread of a
+// ratio whose median alone hides how far the rounds disagree.
+const perRound = (id, ref) => {
+  const refs = new Map(runs[ref].map((r) => [r.round, r.rps]));
+  return runs[id].map((r) => r.rps / refs.get(r.round));
+};
+const perRoundIds = ['gate_cookie', 'gate_bearer', 'gate_b_cookie', 'gate_b_bearer'].filter((id) => summary[id]);
+for (const id of perRoundIds) {
+  if (summary.nginx) summary[id].x_nginx_rounds = perRound(id, 'nginx');
+  if (summary.nginx_same) summary[id].x_nginx_same_rounds = perRound(id, 'nginx_same');
 }
 
 const memory = {};
@@ -179,6 +199,12 @@ if (S.gate_cookie && S.nginx) {
   target('cookie ≥ 1.0× nginx req/s', S.gate_cookie.x_nginx >= 1.0, `${f(S.gate_cookie.x_nginx)}×`);
   target('cookie CPU/req ≤ nginx CPU/req', S.gate_cookie.cpu_x_nginx <= 1.0,
     `${f(S.gate_cookie.server_cpu_us_per_req, 1)} vs ${f(S.nginx.server_cpu_us_per_req, 1)} µs/req (${f(S.gate_cookie.cpu_x_nginx)}×)`);
+}
+if (S.gate_cookie && S.nginx_same) {
+  target('cookie ≥ 1.0× nginx given the same request (like for like)', S.gate_cookie.x_nginx_same >= 1.0,
+    `${f(S.gate_cookie.x_nginx_same)}×`);
+  target('cookie CPU/req ≤ nginx CPU/req given the same request', S.gate_cookie.cpu_x_nginx_same <= 1.0,
+    `${f(S.gate_cookie.server_cpu_us_per_req, 1)} vs ${f(S.nginx_same.server_cpu_us_per_req, 1)} µs/req (${f(S.gate_cookie.cpu_x_nginx_same)}×)`);
 }
 if (S.gate_cookie && S.apache) {
   target('cookie ≥ 3× mod_auth_openidc req/s', S.gate_cookie.rps >= 3 * S.apache.rps, `${f(S.gate_cookie.rps / S.apache.rps)}×`);
@@ -211,6 +237,15 @@ for (const [name, m] of Object.entries(memory)) {
   process.stdout.write(`  ${name.padEnd(12)} ${String(m.processes).padStart(2)} proc  VmRSS ${String(m.rss_kb).padStart(7)}  VmHWM ${String(m.hwm_kb).padStart(7)}\n`);
 }
 if (ready) process.stdout.write(`gate start to ready: median ${ready.median_ms} ms (${ready.runs_ms.join(', ')} ms)\n`);
+if (perRoundIds.length) process.stdout.write('\nper round, req/s over the same round\'s nginx run:\n');
+for (const id of perRoundIds) {
+  for (const key of ['x_nginx', 'x_nginx_same']) {
+    const xs = summary[id][`${key}_rounds`];
+    if (!xs) continue;
+    const ref = key === 'x_nginx' ? '×nginx:     ' : '×nginx_same:';
+    process.stdout.write(`  ${id.padEnd(13)} per-round ${ref} ${xs.map((x) => f(x)).join(' ')} (median ${f(median(xs))})\n`);
+  }
+}
 process.stdout.write('\ntargets (issue 7, item 3):\n');
 for (const t of targets) process.stdout.write(`  ${t.met ? 'MET    ' : 'NOT MET'}  ${t.what}: ${t.detail}\n`);
 process.stdout.write(`\nJSON: ${outPath}\n`);

@@ -208,6 +208,9 @@ start_upstream() { # PORT
   chmod -R a+rX "$dir"
   nginx_conf "$dir" auto "  server {
     listen 127.0.0.1:$port backlog=4096;
+    # nginx_same's requests reach it with the gate's 1.3 KB cookie, which the
+    # 1 KiB default would read twice (two more system calls a request).
+    client_header_buffer_size 4k;
     location / { return 200 \"ok\\n\"; }
     location /static/ { root $dir/www; }
   }"
@@ -217,8 +220,11 @@ start_upstream() { # PORT
 }
 
 # nginx as a plain reverse proxy (no authentication), WebSocket-capable.
-start_proxy() { # PORT UPSTREAM_PORT
-  local port=$1 up=$2 dir="$WORK/nginx-proxy"
+# HEADER_BUFFER is its client_header_buffer_size: nginx's default, 1k, unless
+# given (websockets.sh sends nginx no cookie, and an upgraded connection keeps
+# that buffer for its life).
+start_proxy() { # PORT UPSTREAM_PORT [HEADER_BUFFER]
+  local port=$1 up=$2 header_buffer=${3:-1k} dir="$WORK/nginx-proxy"
   mkdir -p "$dir"
   nginx_conf "$dir" 2 "  map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
   upstream up {
@@ -229,6 +235,9 @@ start_proxy() { # PORT UPSTREAM_PORT
   }
   server {
     listen 127.0.0.1:$port backlog=4096;
+    # run.sh gives 4k: with the 1 KiB default nginx reads a request that
+    # carries the gate's 1.3 KB cookie twice (two more system calls a request).
+    client_header_buffer_size $header_buffer;
     location / {
       proxy_pass http://up;
       proxy_http_version 1.1;

@@ -9,8 +9,9 @@
 # BENCH_ROUNDS (3), BENCH_CONNECTIONS (64), BENCH_THREADS (wrk threads, 2),
 # BENCH_OUT (benches/load/results.json), BENCH_KEEP=1 keeps the work directory,
 # BENCH_ONLY=gate_cookie,gate_bearer… measures just those variants (plus the
-# direct and nginx runs their ratios need), for a quick look, BENCH_GATE_ENV=
-# "CT_WORKER_THREADS=1 …" adds settings to every gate,
+# direct and nginx runs their ratios need, and nginx_same for the gate's
+# cookie rows), for a quick look, BENCH_GATE_ENV="CT_WORKER_THREADS=1 …" adds
+# settings to every gate,
 # BENCH_PERF=SECONDS first profiles a separate, unstripped gate (built in
 # target/bench-profile: a few minutes the first time) with perf under the
 # cookie and the bearer load, before the measured rounds.
@@ -32,7 +33,7 @@ build_gate
 read -r UP_PORT PROXY_PORT APACHE_PORT GATE_PORT GATE_INFO_PORT PERF_PORT GATE_B_PORT < <(free_ports 7)
 
 start_upstream "$UP_PORT"
-start_proxy "$PROXY_PORT" "$UP_PORT"
+start_proxy "$PROXY_PORT" "$UP_PORT" 4k # nginx_same sends it the gate's 1.3 KB cookie
 start_idp "http://127.0.0.1:$GATE_PORT/sso/authorization-code/callback,http://127.0.0.1:$GATE_INFO_PORT/sso/authorization-code/callback,http://127.0.0.1:$PERF_PORT/sso/authorization-code/callback,http://127.0.0.1:$GATE_B_PORT/sso/authorization-code/callback,http://127.0.0.1:$APACHE_PORT/redirect_uri" \
   "http://127.0.0.1:$GATE_PORT/sso/logout,http://127.0.0.1:$GATE_INFO_PORT/sso/logout"
 start_apache "$APACHE_PORT" "$UP_PORT"
@@ -133,8 +134,8 @@ fs.writeFileSync(process.argv[2], JSON.stringify({
     commit: '$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo -dirty)',
     rust_log: 'warn for every gate row but "ssogate cookie, RUST_LOG=info" (a second gate, its log to a file)',
     servers: {
-      upstream: 'nginx $(nginx -v 2>&1 | sed 's/.*\///'), worker_processes auto (2), return 200 "ok\\\\n" / 64 KiB static file',
-      nginx: 'nginx reverse proxy, worker_processes 2, proxy_http_version 1.1, upstream keepalive 256',
+      upstream: 'nginx $(nginx -v 2>&1 | sed 's/.*\///'), worker_processes auto (2), return 200 "ok\\\\n" / 64 KiB static file, client_header_buffer_size 4k',
+      nginx: 'nginx reverse proxy, worker_processes 2, proxy_http_version 1.1, upstream keepalive 256, client_header_buffer_size 4k',
       apache: '$(/usr/sbin/apache2 -v | head -1 | sed 's/Server version: //'), mpm_event 2x64 threads, mod_auth_openidc $(dpkg-query -W -f='${Version}' libapache2-mod-auth-openidc 2>/dev/null), OIDCCacheType shm, OIDCSessionType server-cache',
       gate: 'ssogate release, 2 serving threads (a current-thread runtime each), plain http',
     },
@@ -143,11 +144,13 @@ fs.writeFileSync(process.argv[2], JSON.stringify({
   variants: [
     v('direct', 'direct upstream', 'tiny', 'http://127.0.0.1:$UP_PORT' + tiny, 'upstream', 200),
     v('nginx', 'nginx proxy', 'tiny', 'http://127.0.0.1:$PROXY_PORT' + tiny, 'nginx', 200),
+    // The bytes gate_cookie sends, through nginx (which forwards the cookie): like for like.
+    v('nginx_same', 'nginx proxy, same request', 'tiny', 'http://127.0.0.1:$PROXY_PORT' + tiny, 'nginx', 200, { cookie }),
     v('apache', 'Apache+mod_auth_openidc', 'tiny', 'http://127.0.0.1:$APACHE_PORT' + tiny, 'apache', 200, { cookie: process.env.APACHE_COOKIE }),
-    v('gate_cookie', 'ssogate cookie', 'tiny', '$G' + tiny, 'gate', 200, { cookie }),
+    v('gate_cookie', 'ssogate cookie', 'tiny', '$G' + tiny, 'gate', 200, { cookie, same: 'nginx_same' }),
     v('gate_bearer', 'ssogate bearer JWT', 'tiny', '$G' + tiny, 'gate', 200, { bearer: process.env.BEARER }),
     ...(process.env.GATE_B_COOKIE ? [
-      v('gate_b_cookie', 'ssogate B cookie', 'tiny', 'http://127.0.0.1:$GATE_B_PORT' + tiny, 'gate_b', 200, { cookie: process.env.GATE_B_COOKIE }),
+      v('gate_b_cookie', 'ssogate B cookie', 'tiny', 'http://127.0.0.1:$GATE_B_PORT' + tiny, 'gate_b', 200, { cookie: process.env.GATE_B_COOKIE, same: 'nginx_same' }),
       v('gate_b_bearer', 'ssogate B bearer JWT', 'tiny', 'http://127.0.0.1:$GATE_B_PORT' + tiny, 'gate_b', 200, { bearer: process.env.BEARER }),
     ] : []),
     v('gate_401', 'ssogate 401 (API, no cookie)', 'tiny', '$G' + tiny, 'gate', 401, { accept: '$JSON_ACCEPT' }),
@@ -164,7 +167,7 @@ fs.writeFileSync(process.argv[2], JSON.stringify({
 EOF
 [[ -s "$WORK/bench-config.json" ]] || die "no bench config"
 
-say "checking every variant, then $ROUNDS rounds x 11 variants x (${WARMUP}s warm-up + ${DURATION}s), $CONNECTIONS connections"
+say "checking every variant, then $ROUNDS rounds x 12 variants x (${WARMUP}s warm-up + ${DURATION}s), $CONNECTIONS connections"
 node "$BENCH_DIR/bench.mjs" "$WORK/bench-config.json" "$OUT"
 grep -E ' (ERROR|WARN) ' "$WORK/gate.log" | head -5 >&2 || true
 say "done in ${SECONDS}s"

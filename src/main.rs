@@ -46,6 +46,7 @@ fn main() -> ExitCode {
             };
         }
         telemetry::init(config.log_format);
+        telemetry::log_sink::gather_on_this_thread();
         match App::build(config).await {
             Ok(app) => {
                 app.run(shutdown_signal()).await;
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
     // A name lookup still blocking (a provider that cannot be resolved) must
     // not hold the exit back.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    telemetry::log_sink::flush();
     code
 }
 

@@ -148,9 +148,12 @@ fn builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
 /// The binary's runtime: a current-thread one, on which [`serve`] starts
 /// the other serving threads (`CT_WORKER_THREADS`, default one per usable
 /// CPU), each with a current-thread runtime of its own.
+/// Log lines its thread gathers are written whenever it runs out of work
+/// (`telemetry::log_sink`).
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(crate::telemetry::log_sink::flush)
         .build()
 }
 
@@ -225,11 +228,13 @@ fn worker(
     socket.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(crate::telemetry::log_sink::flush)
         .build()?;
     let (finished, done) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(format!("ssogate-{n}"))
         .spawn(move || {
+            crate::telemetry::log_sink::gather_on_this_thread();
             runtime.block_on(async move {
                 match TcpListener::from_std(socket) {
                     Ok(listener) => {

@@ -1,9 +1,11 @@
 //! Logging: tracing-subscriber filtered by `RUST_LOG` (default `info`), as
 //! text or JSON (`CT_LOG_FORMAT`). Request lines carry method, path (no
 //! query), status, latency, the request id and the user's `sub`; never a
-//! token or cookie.
+//! token or cookie. Serving threads write their lines in batches
+//! ([`log_sink`]).
 
 pub mod exporter;
+pub mod log_sink;
 pub mod metrics;
 pub mod request_id;
 
@@ -17,6 +19,7 @@ pub fn init(format: LogFormat) {
     // Colours only for a person at a terminal, never into a log file.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
+        .with_writer(log_sink::Sink)
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(ansi);

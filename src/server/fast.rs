@@ -364,12 +364,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Serving<'_, I> {
             *req.body_mut() = RequestBody::own(body::ClientBody(pipe.clone()));
         }
         let head_request = req.method() == http::Method::HEAD;
-        let handled = pin!(crate::router::handle(
+        // Boxed: the router's future is large, and the connection's future
+        // (held by every idle connection) would otherwise be as large.
+        let mut handled = Box::pin(crate::router::handle(
             self.state.clone(),
             req,
-            self.conn.clone()
+            self.conn.clone(),
         ));
-        let Some(Ok(resp)) = self.meanwhile(handled, pipe.as_deref()).await else {
+        let Some(Ok(resp)) = self.meanwhile(handled.as_mut(), pipe.as_deref()).await else {
             return Served::Closed;
         };
         // An answer before the body was all read: the rest is skipped when

@@ -230,6 +230,7 @@ async fn sigterm_lets_the_in_flight_response_finish_refuses_new_connections_and_
     let dir = tempfile::tempdir().unwrap();
     let mut env = unauthenticated(&upstream.url);
     env.push(("CT_SHUTDOWN_GRACE".into(), "10s".into()));
+    env.push(("CT_WORKER_THREADS".into(), "2".into()));
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut gate = Served::start(dir.path(), env, false, &client).await;
 
@@ -271,6 +272,19 @@ async fn sigterm_lets_the_in_flight_response_finish_refuses_new_connections_and_
         signalled.elapsed()
     );
     assert!(refused(gate.port).await);
+    // Each serving thread's last line, written as it ends, is in the log:
+    // the lines a thread gathers are not lost at exit.
+    crate::assert_eventually!(
+        gate.output().matches("all connections closed").count() == 2,
+        Duration::from_secs(5),
+        "a serving thread's last log line is missing:\n{}",
+        gate.output()
+    );
+    let request_line = gate
+        .output()
+        .lines()
+        .any(|l| l.contains("/slow") && l.contains("status=200"));
+    assert!(request_line, "no request line:\n{}", gate.output());
 }
 
 /// One keep-alive request on a fresh connection: the connection, if the

@@ -303,13 +303,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Serving<'_, I> {
         };
         // A body not all read (an early answer, a failure): its framing is lost.
         let close = plan.close || self.stop.is_set() || pipe.is_some_and(|p| !p.is_done());
-        let written = match answered {
+        match answered {
             Answered::Upstream(answer, body) => {
                 answer_head(&mut self.out, &answer, &id, close);
                 let chunked = !answer.bodiless && answer.length.is_none();
                 drop(answer);
                 let max_head = self.limits.max_head;
-                write_body(
+                let written = write_body(
                     &mut self.io,
                     &mut self.buf,
                     &self.out,
@@ -317,32 +317,46 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Serving<'_, I> {
                     chunked,
                     max_head,
                 )
-                .await
+                .await;
+                self.finish(written.map(|()| close)).await
             }
             Answered::Gate(mut resp) => {
                 if let Ok(value) = http::HeaderValue::from_str(id.as_str()) {
                     resp.headers_mut().insert(request_id::X_REQUEST_ID, value);
                 }
-                let head_request = req.method == b"HEAD";
-                let max_head = self.limits.max_head;
-                write_routed(
-                    &mut self.io,
-                    &mut self.buf,
-                    &mut self.out,
-                    resp,
-                    head_request,
-                    close,
-                    max_head,
-                )
-                .await
-                .map(|_| ())
+                self.answer(resp, req.method == b"HEAD", close).await
             }
-        };
-        if written.is_err() || close {
-            let _ = self.io.shutdown().await;
-            return Served::Closed;
         }
-        Served::Kept
+    }
+
+    /// Writes a map-based answer ([`write_routed`]); the connection goes on
+    /// unless it closes.
+    async fn answer(
+        &mut self,
+        resp: http::Response<Body>,
+        head_request: bool,
+        close: bool,
+    ) -> Served {
+        let written = write_routed(
+            &mut self.io,
+            &mut self.buf,
+            &mut self.out,
+            resp,
+            head_request,
+            close,
+            self.limits.max_head,
+        )
+        .await;
+        self.finish(written).await
+    }
+
+    /// After an answer: `Ok(true)` or a failure closes the connection.
+    async fn finish(&mut self, closes: Result<bool, ()>) -> Served {
+        if closes == Ok(false) {
+            return Served::Kept;
+        }
+        let _ = self.io.shutdown().await;
+        Served::Closed
     }
 
     /// Serves a request the gate cannot admit at once (or one of its own
@@ -378,23 +392,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Serving<'_, I> {
         // it is already here, else the connection closes after the answer.
         let unread = pipe.is_some_and(|p| !skip_rest(&p, &mut self.buf));
         let close = plan.close || self.stop.is_set() || unread;
-        let written = write_routed(
-            &mut self.io,
-            &mut self.buf,
-            &mut self.out,
-            resp,
-            head_request,
-            close,
-            self.limits.max_head,
-        )
-        .await;
-        match written {
-            Ok(false) => Served::Kept,
-            Ok(true) | Err(()) => {
-                let _ = self.io.shutdown().await;
-                Served::Closed
-            }
-        }
+        self.answer(resp, head_request, close).await
     }
 
     /// Runs `forwarded` while the connection gives its request body

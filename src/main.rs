@@ -28,6 +28,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if command.is_none() {
+        // Before the runtime: whether its threads gather log lines depends
+        // on the level.
+        telemetry::init(config.log_format);
+        telemetry::log_sink::gather_on_this_thread();
+    }
     let Ok(runtime) = ssogate::server::runtime() else {
         eprintln!("ssogate: cannot start the async runtime");
         return ExitCode::FAILURE;
@@ -45,8 +51,6 @@ fn main() -> ExitCode {
                 }
             };
         }
-        telemetry::init(config.log_format);
-        telemetry::log_sink::gather_on_this_thread();
         match App::build(config).await {
             Ok(app) => {
                 app.run(shutdown_signal()).await;

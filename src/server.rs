@@ -151,10 +151,19 @@ fn builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
 /// Log lines its thread gathers are written whenever it runs out of work
 /// (`telemetry::log_sink`).
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .on_thread_park(crate::telemetry::log_sink::flush)
-        .build()
+    serving_runtime().build()
+}
+
+/// A current-thread runtime for a serving thread: when info lines can be
+/// logged, it writes the lines its thread gathered whenever it runs out of
+/// work (`telemetry::log_sink`); otherwise it has no such hook to call.
+fn serving_runtime() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    if crate::telemetry::log_sink::wanted() {
+        builder.on_thread_park(crate::telemetry::log_sink::flush);
+    }
+    builder
 }
 
 /// CPUs this process may use (cgroup quotas included), at least 1.
@@ -226,10 +235,7 @@ fn worker(
     use std::os::fd::AsFd as _;
     let socket = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
     socket.set_nonblocking(true)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .on_thread_park(crate::telemetry::log_sink::flush)
-        .build()?;
+    let runtime = serving_runtime().build()?;
     let (finished, done) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(format!("ssogate-{n}"))

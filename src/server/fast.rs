@@ -273,7 +273,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Serving<'_, I> {
             .then(|| fast::admit(self.state, self.conn, fields, crate::clock::now()))
             .flatten();
         let Some(admitted) = admitted else {
-            return self.routed(head, parsed, spans, &plan).await;
+            // Boxed: the router's future is large, and the connection's
+            // future (held by every connection, and moved about for every
+            // request) would otherwise be as large.
+            return Box::pin(self.routed(head, parsed, spans, &plan)).await;
         };
         let req = fast::Request {
             method: &head[parsed.method.0..parsed.method.1],
@@ -378,14 +381,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Serving<'_, I> {
             *req.body_mut() = RequestBody::own(body::ClientBody(pipe.clone()));
         }
         let head_request = req.method() == http::Method::HEAD;
-        // Boxed: the router's future is large, and the connection's future
-        // (held by every idle connection) would otherwise be as large.
-        let mut handled = Box::pin(crate::router::handle(
+        let handled = pin!(crate::router::handle(
             self.state.clone(),
             req,
-            self.conn.clone(),
+            self.conn.clone()
         ));
-        let Some(Ok(resp)) = self.meanwhile(handled.as_mut(), pipe.as_deref()).await else {
+        let Some(Ok(resp)) = self.meanwhile(handled, pipe.as_deref()).await else {
             return Served::Closed;
         };
         // An answer before the body was all read: the rest is skipped when

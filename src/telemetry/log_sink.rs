@@ -43,8 +43,19 @@ impl Drop for Gathered {
     }
 }
 
-/// Makes this thread gather its log lines until [`flush`].
+/// Whether gathering is worth it: info lines can be logged (the installed
+/// subscriber's level, `RUST_LOG`). At `warn` every line is written at once
+/// anyway, and serving threads need no hook when they run out of work.
+pub fn wanted() -> bool {
+    tracing::level_filters::LevelFilter::current() >= tracing::level_filters::LevelFilter::INFO
+}
+
+/// Makes this thread gather its log lines until [`flush`], when that is
+/// [`wanted`].
 pub fn gather_on_this_thread() {
+    if !wanted() {
+        return;
+    }
     GATHERED.with(|g| {
         if let Ok(mut g) = g.0.try_borrow_mut() {
             g.get_or_insert_with(|| Vec::with_capacity(FLUSH_AT));
@@ -139,12 +150,13 @@ mod tests {
     #[test]
     fn a_gathering_thread_keeps_info_lines_until_it_flushes_and_writes_warnings_at_once() {
         std::thread::spawn(|| {
-            gather_on_this_thread();
             let subscriber = tracing_subscriber::fmt()
                 .with_writer(Sink)
                 .with_ansi(false)
                 .finish();
             tracing::subscriber::with_default(subscriber, || {
+                assert!(wanted(), "info lines can be logged");
+                gather_on_this_thread();
                 tracing::info!("line one");
                 tracing::info!("line two");
                 let g = gathered();

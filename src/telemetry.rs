@@ -8,6 +8,7 @@ pub mod exporter;
 pub mod log_sink;
 pub mod metrics;
 pub mod request_id;
+pub mod text_format;
 
 use tracing_subscriber::EnvFilter;
 
@@ -28,6 +29,10 @@ pub fn init(format: LogFormat) {
             .json()
             .with_current_span(true)
             .with_span_list(false)
+            .try_init(),
+        LogFormat::Text if !ansi => builder
+            .fmt_fields(text_format::PlainFields)
+            .event_format(text_format::Plain)
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };

@@ -1,0 +1,315 @@
+//! The text log line (`CT_LOG_FORMAT=text`): the same line tracing-subscriber's
+//! default format writes without colours and targets —
+//! `2026-12-07T13:58:07.334585Z  INFO request{method="GET"}: request status=200`
+//! — at a fraction of its cost. The default format styles every part, each
+//! field name included, through `nu_ansi_term` even when colours are off,
+//! and formats the whole timestamp for every line; here nothing is styled
+//! ([`PlainFields`] for the fields of spans and events, [`Plain`] for the
+//! line), and only the microseconds of the timestamp are written each time
+//! (its text up to the second is kept per thread). With colours (a person
+//! at a terminal) the default format is used.
+
+use std::cell::Cell;
+use std::fmt;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The plain text line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Plain;
+
+impl<S, N> FormatEvent<S, N> for Plain
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        timestamp(&mut writer, SystemTime::now())?;
+        writer.write_str(match *event.metadata().level() {
+            Level::TRACE => " TRACE ",
+            Level::DEBUG => " DEBUG ",
+            Level::INFO => "  INFO ",
+            Level::WARN => "  WARN ",
+            Level::ERROR => " ERROR ",
+        })?;
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                writer.write_str(span.name())?;
+                let extensions = span.extensions();
+                if let Some(fields) = extensions.get::<FormattedFields<N>>()
+                    && !fields.is_empty()
+                {
+                    write!(writer, "{{{fields}}}")?;
+                }
+                writer.write_char(':')?;
+            }
+            writer.write_char(' ')?;
+        }
+        ctx.format_fields(writer.by_ref(), event)?;
+        writer.write_char('\n')
+    }
+}
+
+/// Fields as the default format writes them without colours: the message
+/// first, then `name=value` (values as `Debug`), separated by spaces.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlainFields;
+
+impl<'w> FormatFields<'w> for PlainFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut visitor = Fields {
+            writer,
+            empty: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct Fields<'w> {
+    writer: Writer<'w>,
+    empty: bool,
+    result: fmt::Result,
+}
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else if value
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        {
+            // What `Debug` writes for printable ASCII without `"` or `\`,
+            // without its per-character escaping.
+            self.record_debug(field, &format_args!("\"{value}\""));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        match value.source() {
+            Some(source) => self.record_debug(
+                field,
+                &format_args!("{value} {}.sources={}", field.name(), Sources(source)),
+            ),
+            None => self.record_debug(field, &format_args!("{value}")),
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.result.is_err() {
+            return;
+        }
+        if self.empty {
+            self.empty = false;
+        } else {
+            self.result = self.writer.write_char(' ');
+        }
+        let name = field.name();
+        self.result = self.result.and_then(|()| match name {
+            "message" => write!(self.writer, "{value:?}"),
+            name => write!(
+                self.writer,
+                "{}={value:?}",
+                name.strip_prefix("r#").unwrap_or(name)
+            ),
+        });
+    }
+}
+
+/// An error's sources, `[first, second]`.
+struct Sources<'a>(&'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Sources<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut list = f.debug_list();
+        let mut next = Some(self.0);
+        while let Some(error) = next {
+            list.entry(&format_args!("{error}"));
+            next = error.source();
+        }
+        list.finish()
+    }
+}
+
+thread_local! {
+    /// `YYYY-MM-DDTHH:MM:SS.` of the second last written, and that second.
+    static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+}
+
+/// `2026-12-07T13:58:07.334585Z` (RFC 3339, UTC, microseconds).
+fn timestamp(w: &mut Writer<'_>, now: SystemTime) -> fmt::Result {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (cached, mut prefix) = SECOND.get();
+    if cached != secs {
+        let whole = UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let text = humantime::format_rfc3339_seconds(whole).to_string();
+        // `2026-12-07T13:58:07Z`: all but the `Z`, then the dot.
+        let Some(head) = text.as_bytes().get(..19) else {
+            return write!(w, "{}", humantime::format_rfc3339_micros(now));
+        };
+        prefix[..19].copy_from_slice(head);
+        prefix[19] = b'.';
+        SECOND.set((secs, prefix));
+    }
+    let mut micros = [b'0'; 7];
+    let mut n = since.subsec_micros();
+    for digit in micros[..6].iter_mut().rev() {
+        *digit = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    micros[6] = b'Z';
+    // Both are ASCII.
+    w.write_str(std::str::from_utf8(&prefix).map_err(|_| fmt::Error)?)?;
+    w.write_str(std::str::from_utf8(&micros).map_err(|_| fmt::Error)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::fmt::MakeWriter;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+
+    impl fmt::Display for Outer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("cannot reach the upstream")
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// A request's span and lines of every level, as the gate logs them.
+    fn log_some() {
+        tracing::info!(addr = "127.0.0.1:1", tls = false, "ssogate serving");
+        let span = tracing::info_span!(
+            "request",
+            method = "GET",
+            path = "/app/x",
+            request_id = "abc",
+            sub = tracing::field::Empty,
+        );
+        span.record("sub", "alice");
+        let _entered = span.enter();
+        tracing::warn!(error = %"upstream said \"no\"", "upstream failed");
+        tracing::info!(
+            path = "/a\"b\\c\td\u{7f}é\u{200b}",
+            plain = "/ok path",
+            "escapes"
+        );
+        let failed = Outer(std::io::Error::other("refused"));
+        tracing::warn!(
+            error = &failed as &(dyn std::error::Error + 'static),
+            r#type = 1,
+            "with sources"
+        );
+        tracing::info!(status = 200u16, latency_us = 123u64, "request");
+        let inner = tracing::info_span!("refresh");
+        let _inner = inner.enter();
+        tracing::error!("a line in two spans");
+        tracing::debug!("not shown at info");
+    }
+
+    fn lines(with_plain: bool) -> Vec<String> {
+        let out = Captured::default();
+        let builder = tracing_subscriber::fmt()
+            .with_writer(out.clone())
+            .with_max_level(Level::INFO)
+            .with_target(false)
+            .with_ansi(false);
+        if with_plain {
+            let builder = builder.fmt_fields(PlainFields).event_format(Plain);
+            tracing::subscriber::with_default(builder.finish(), log_some);
+        } else {
+            tracing::subscriber::with_default(builder.finish(), log_some);
+        }
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn lines_are_those_of_the_default_format_without_colours() {
+        let ours = lines(true);
+        let default = lines(false);
+        assert_eq!(ours.len(), 6, "{ours:#?}");
+        assert_eq!(ours.len(), default.len(), "{default:#?}");
+        for (a, b) in ours.iter().zip(&default) {
+            // The timestamps differ by the time between the two runs.
+            assert_eq!(a[27..], b[27..], "\nours:    {a}\ndefault: {b}");
+            assert_eq!(a.len(), b.len());
+        }
+        assert!(
+            ours[3].contains("error=cannot reach the upstream error.sources=[refused] type=1"),
+            "{ours:#?}"
+        );
+        assert!(ours[4].contains("  INFO request{"), "{ours:#?}");
+        assert!(
+            ours[4].ends_with("}: request status=200 latency_us=123"),
+            "{ours:#?}"
+        );
+        assert!(ours[5].contains(" ERROR request{"), "{ours:#?}");
+        assert!(
+            ours[5].contains("}:refresh: a line in two spans"),
+            "{ours:#?}"
+        );
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_microseconds_in_utc() {
+        let mut text = String::new();
+        let at = UNIX_EPOCH + std::time::Duration::from_micros(1_796_648_287_004_205);
+        timestamp(&mut Writer::new(&mut text), at).unwrap();
+        assert_eq!(text, humantime::format_rfc3339_micros(at).to_string());
+        // The same second again (cached), and the next.
+        let mut again = String::new();
+        let later = at + std::time::Duration::from_micros(990_000);
+        timestamp(&mut Writer::new(&mut again), later).unwrap();
+        assert_eq!(again, humantime::format_rfc3339_micros(later).to_string());
+        assert_eq!(text.len(), "2026-12-07T13:58:07.334585Z".len());
+    }
+}

@@ -214,7 +214,7 @@ if (S.gate_401 && S.gate_cookie) {
   target('401 ≥ 1.5× cookie req/s', S.gate_401.rps >= 1.5 * S.gate_cookie.rps, `${f(S.gate_401.rps / S.gate_cookie.rps)}×`);
 }
 for (const id of ['gate_cookie', 'gate_bearer']) {
-  if (S[id]) target(`${id} p99 added over direct ≤ 0.5 ms`, S[id].p99_added_ms <= 0.5, `+${f(S[id].p99_added_ms)} ms`);
+  if (S[id]) target(`${id} p99 added over direct ≤ 0.5 ms`, S[id].p99_added_ms <= 0.5, `${S[id].p99_added_ms >= 0 ? "+" : ""}${f(S[id].p99_added_ms)} ms`);
 }
 const ready = cfg.extra?.ready;
 if (ready) target('start to ready < 100 ms', ready.median_ms < 100, `median ${ready.median_ms} ms (${ready.runs_ms.join(', ')})`);

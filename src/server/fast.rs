@@ -853,17 +853,7 @@ where
     let no_content = status.is_informational() || status == StatusCode::NO_CONTENT;
     let bodiless = head_request || no_content || status == StatusCode::NOT_MODIFIED;
     close |= headers::connection_lists(Fields::Map(&parts.headers), b"close");
-    let declared = match parts
-        .headers
-        .get_all(CONTENT_LENGTH)
-        .iter()
-        .collect::<Vec<_>>()[..]
-    {
-        [one] => std::str::from_utf8(one.as_bytes())
-            .ok()
-            .and_then(|n| n.trim().parse::<u64>().ok()),
-        _ => None,
-    };
+    let declared = crate::proxy::h1::content_length(&parts.headers);
     let length = declared.or(body.size_hint().exact());
     out.clear();
     status_line(out, status);

@@ -87,7 +87,7 @@ pub struct Metrics {
     ended: [Counter; 5],
     pub websockets_open: Gauge,
     pub jwks_fetches: Counter,
-    handovers: [Counter; 11],
+    handovers: [Counter; Handover::ALL.len()],
 }
 
 impl std::fmt::Debug for Metrics {

@@ -100,6 +100,7 @@ impl App {
             &config.upstream_url,
             &config.server_url,
             config.upstream_ca_pem.as_deref(),
+            config.upstream_http2,
             crate::proxy::ClientPolicy {
                 body_idle_timeout: config.limits.body_idle_timeout,
                 trusted_proxies: config.trusted_proxies.clone(),
@@ -160,7 +161,7 @@ impl App {
             max_connections: self.state.config.limits.max_connections,
         };
         if let Ok(addr) = self.listener.local_addr() {
-            tracing::info!(%addr, tls = self.tls.is_some(), upstream = %self.state.config.upstream_url, "ssogate serving");
+            tracing::info!(%addr, tls = self.tls.is_some(), upstream = %self.state.config.upstream_url, upstream_http2 = self.state.config.upstream_http2, "ssogate serving");
         }
         let _reloading = self.tls.as_ref().map(|t| t.watch(self.tls_reload_interval));
         let metrics = self.state.metrics.clone();

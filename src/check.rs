@@ -13,9 +13,14 @@ pub async fn check(config: &Config) -> Result<Vec<String>, Vec<String>> {
     let mut ok = Vec::new();
     let mut bad = Vec::new();
     ok.push(format!(
-        "ok: configuration is valid; the gate serves {} and forwards to {}",
+        "ok: configuration is valid; the gate serves {} and forwards to {}{}",
         config.origin(),
-        config.upstream_url
+        config.upstream_url,
+        if config.upstream_http2 {
+            " over HTTP/2 (WebSockets over HTTP/1.1)"
+        } else {
+            ""
+        }
     ));
     for w in &config.warnings {
         ok.push(format!("warning: {w}"));

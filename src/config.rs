@@ -47,6 +47,9 @@ pub struct Config {
     pub upstream_url: Url,
     /// `CT_UPSTREAM_CA_FILE`: extra PEM roots for an https upstream.
     pub upstream_ca_pem: Option<Vec<u8>>,
+    /// `CT_UPSTREAM_HTTP2`: requests go to the upstream over HTTP/2 (by
+    /// prior knowledge over `http://`, by ALPN over `https://`).
+    pub upstream_http2: bool,
     pub listen_addr: SocketAddr,
     /// `CT_METRICS_ADDR`: where Prometheus metrics are served (off when unset).
     pub metrics_addr: Option<SocketAddr>,

@@ -4,6 +4,7 @@
 
 pub mod cutoff;
 pub mod h1;
+pub mod h2;
 pub mod headers;
 pub mod idle;
 mod lazy_buf;
@@ -35,6 +36,8 @@ const LONG_BODY_BYTES: u64 = 1024 * 1024;
 pub enum ProxyError {
     #[error("upstream request failed: {0}")]
     Upstream(h1::H1Error),
+    #[error("upstream HTTP/2 request failed: {0}")]
+    Http2(h2::H2Error),
     /// The client's request body failed while it was being sent on.
     #[error("the request body failed: {0}")]
     ClientBody(respond::BoxError),
@@ -68,6 +71,9 @@ impl ProxyError {
 pub struct Proxy {
     /// Connections to the upstream.
     pool: Pool,
+    /// `CT_UPSTREAM_HTTP2`: requests other than WebSocket upgrades go over
+    /// HTTP/2 ([`h2`]).
+    http2: bool,
     /// The upstream URL's path without its trailing `/` ("" for the root).
     base_path: String,
     proto: HeaderValue,
@@ -108,6 +114,7 @@ impl Proxy {
         upstream: &Url,
         server_url: &Url,
         extra_roots: Option<&[u8]>,
+        http2: bool,
         clients: ClientPolicy,
     ) -> Result<Self, ProxyError> {
         let base_path = upstream.path().trim_end_matches('/').to_string();
@@ -135,7 +142,8 @@ impl Proxy {
             None => host.to_string(),
         };
         Ok(Self {
-            pool: Pool::new(upstream, tls)?,
+            pool: Pool::new(upstream, tls, http2)?,
+            http2,
             base_path,
             proto: HeaderValue::from_static(if server_url.scheme() == "https" {
                 "https"
@@ -179,6 +187,17 @@ impl Proxy {
             &mut wire.0,
             |h| headers::to_upstream(Fields::Map(&parts.headers), &out, h),
         );
+        let head = parts.method == Method::HEAD;
+        if self.http2 && !is_upgrade {
+            let resp = h2::send(&self.pool, &wire.0, body).await;
+            drop(wire);
+            let (mut parts, body) = resp?.into_parts();
+            headers::from_upstream(&mut parts.headers, false);
+            let length = h1::content_length(&parts.headers);
+            let bodiless = head || matches!(parts.status.as_u16(), 100..=199 | 204 | 304);
+            let body = follow_session(body, length, bodiless, guard, Body::boxed);
+            return Ok(Response::from_parts(parts, body));
+        }
         let resp: Response<h1::Answer> = self
             .pool
             .send(
@@ -193,7 +212,6 @@ impl Proxy {
             )
             .await?;
         drop(wire);
-        let head = parts.method == Method::HEAD;
         if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
             (client_upgrade, resp.status())
         {
@@ -212,14 +230,11 @@ impl Proxy {
         }
         let (mut parts, body) = resp.into_parts();
         headers::from_upstream(&mut parts.headers, false);
-        let length = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let length = h1::content_length(&parts.headers);
         let bodiless = head || matches!(parts.status.as_u16(), 100..=199 | 204 | 304);
         Ok(Response::from_parts(
             parts,
-            follow_session(body, length, bodiless, guard),
+            follow_session(body, length, bodiless, guard, Body::Answer),
         ))
     }
 
@@ -246,6 +261,16 @@ impl Proxy {
             &mut wire.0,
             |h| headers::to_upstream(req.fields, &out, h),
         );
+        if self.http2 {
+            let resp = h2::send(&self.pool, &wire.0, body).await;
+            drop(wire);
+            let (parts, body) = resp?.into_parts();
+            let bodiless =
+                req.method == b"HEAD" || matches!(parts.status.as_u16(), 100..=199 | 204 | 304);
+            let head = h1::AnswerHead::of_map(parts.status, &parts.headers, bodiless);
+            let body = follow_session(body, head.length, head.bodiless, guard, Body::boxed);
+            return Ok((head, body));
+        }
         // A token the server checked (httparse); standard ones cost no allocation.
         let method = Method::from_bytes(req.method).map_err(|_| ProxyError::Uri)?;
         let answer: h1::RawAnswer = self
@@ -263,7 +288,7 @@ impl Proxy {
             .await?;
         drop(wire);
         let h1::RawAnswer { head, body } = answer;
-        let body = follow_session(body, head.length, head.bodiless, guard);
+        let body = follow_session(body, head.length, head.bodiless, guard, Body::Answer);
         Ok((head, body))
     }
 
@@ -285,16 +310,22 @@ impl Proxy {
 /// An answer's body, tied to its session when it is long: streams of
 /// unknown length and large downloads end when the session does. Small
 /// ones finish long before a session could end and skip the cost of a
-/// lease. `bodiless`: the answer has no body whatever it says.
-fn follow_session(
-    body: h1::Answer,
+/// lease. `bodiless`: the answer has no body whatever it says; `plain`
+/// makes a body that is not tied.
+fn follow_session<B>(
+    body: B,
     length: Option<u64>,
     bodiless: bool,
     guard: impl FnOnce() -> Option<Guard>,
-) -> Body {
+    plain: impl FnOnce(B) -> Body,
+) -> Body
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<respond::BoxError>,
+{
     let long = length.is_none_or(|n| n > LONG_BODY_BYTES);
     match (!bodiless && long).then(guard).flatten() {
         Some(guard) => Body::boxed(Cutoff::new(body, guard)),
-        None => Body::Answer(body),
+        None => plain(body),
     }
 }

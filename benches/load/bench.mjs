@@ -168,7 +168,7 @@ const perRound = (id, ref) => {
   const refs = new Map(runs[ref].map((r) => [r.round, r.rps]));
   return runs[id].map((r) => r.rps / refs.get(r.round));
 };
-const perRoundIds = ['gate_cookie', 'gate_bearer', 'gate_b_cookie', 'gate_b_bearer'].filter((id) => summary[id]);
+const perRoundIds = ['gate_cookie', 'gate_bearer', 'gate_cookie_h2', 'gate_b_cookie', 'gate_b_bearer'].filter((id) => summary[id]);
 for (const id of perRoundIds) {
   if (summary.nginx) summary[id].x_nginx_rounds = perRound(id, 'nginx');
   if (summary.nginx_same) summary[id].x_nginx_same_rounds = perRound(id, 'nginx_same');

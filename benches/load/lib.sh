@@ -200,14 +200,18 @@ start_nginx() { # DIR -> sets NGINX_PID
   track "$NGINX_PID"
 }
 
-# The one cheap upstream: nginx, "ok\n" at any path, a 64 KiB file at /static/64k.bin.
-start_upstream() { # PORT
-  local port=$1 dir="$WORK/upstream"
+# The one cheap upstream: nginx, "ok\n" at any path, a 64 KiB file at
+# /static/64k.bin; HTTP/1.1 on PORT and, when H2C_PORT is given, the same
+# over cleartext HTTP/2 (prior knowledge) on H2C_PORT.
+start_upstream() { # PORT [H2C_PORT]
+  local port=$1 h2c=${2:-} dir="$WORK/upstream"
   mkdir -p "$dir/www/static"
   head -c 65536 /dev/zero | tr '\0' 'x' >"$dir/www/static/64k.bin"
   chmod -R a+rX "$dir"
   nginx_conf "$dir" auto "  server {
-    listen 127.0.0.1:$port backlog=4096;
+    listen 127.0.0.1:$port backlog=4096;${h2c:+
+    listen 127.0.0.1:$h2c http2 backlog=4096;
+    http2_max_concurrent_streams 1024;}
     # nginx_same's requests reach it with the gate's 1.3 KB cookie, which the
     # 1 KiB default would read twice (two more system calls a request).
     client_header_buffer_size 4k;

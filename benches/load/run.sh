@@ -30,17 +30,20 @@ ensure_packages curl
 command -v node >/dev/null || die "node is needed (the test provider is node)"
 build_gate
 
-read -r UP_PORT PROXY_PORT APACHE_PORT GATE_PORT GATE_INFO_PORT PERF_PORT GATE_B_PORT < <(free_ports 7)
+read -r UP_PORT H2C_PORT PROXY_PORT APACHE_PORT GATE_PORT GATE_INFO_PORT GATE_H2_PORT PERF_PORT GATE_B_PORT < <(free_ports 9)
 
-start_upstream "$UP_PORT"
+start_upstream "$UP_PORT" "$H2C_PORT" # HTTP/1.1, and h2c for the gate with CT_UPSTREAM_HTTP2
 start_proxy "$PROXY_PORT" "$UP_PORT" 4k # nginx_same sends it the gate's 1.3 KB cookie
-start_idp "http://127.0.0.1:$GATE_PORT/sso/authorization-code/callback,http://127.0.0.1:$GATE_INFO_PORT/sso/authorization-code/callback,http://127.0.0.1:$PERF_PORT/sso/authorization-code/callback,http://127.0.0.1:$GATE_B_PORT/sso/authorization-code/callback,http://127.0.0.1:$APACHE_PORT/redirect_uri" \
+start_idp "http://127.0.0.1:$GATE_PORT/sso/authorization-code/callback,http://127.0.0.1:$GATE_INFO_PORT/sso/authorization-code/callback,http://127.0.0.1:$GATE_H2_PORT/sso/authorization-code/callback,http://127.0.0.1:$PERF_PORT/sso/authorization-code/callback,http://127.0.0.1:$GATE_B_PORT/sso/authorization-code/callback,http://127.0.0.1:$APACHE_PORT/redirect_uri" \
   "http://127.0.0.1:$GATE_PORT/sso/logout,http://127.0.0.1:$GATE_INFO_PORT/sso/logout"
 start_apache "$APACHE_PORT" "$UP_PORT"
 start_gate "$GATE_PORT" "$UP_PORT" warn "$WORK/gate.log"
 GATE_MAIN_PID=$GATE_PID
 start_gate "$GATE_INFO_PORT" "$UP_PORT" info "$WORK/gate-info.log"
 GATE_INFO_PID=$GATE_PID
+# The same gate speaking HTTP/2 to the upstream (its h2c port).
+BENCH_GATE_ENV="${BENCH_GATE_ENV:-} CT_UPSTREAM_HTTP2=true" start_gate "$GATE_H2_PORT" "$H2C_PORT" warn "$WORK/gate-h2.log"
+GATE_H2_PID=$GATE_PID
 # BENCH_GATE_B=PATH: a second gate binary (another build) measured in the same
 # rounds, right after the first, for a comparison the machine's drift cannot skew.
 GATE_B_PID=0
@@ -62,6 +65,7 @@ say "ready: $READY_JSON"
 say "scripted sign-ins (alice)"
 GATE_COOKIE=$(signin_session "http://127.0.0.1:$GATE_PORT/hello")
 GATE_INFO_COOKIE=$(signin_session "http://127.0.0.1:$GATE_INFO_PORT/hello")
+GATE_H2_COOKIE=$(signin_session "http://127.0.0.1:$GATE_H2_PORT/hello")
 GATE_B_COOKIE=
 if [[ -n ${BENCH_GATE_B:-} ]]; then
   GATE_B_COOKIE=$(signin_session "http://127.0.0.1:$GATE_B_PORT/hello")
@@ -112,7 +116,7 @@ if [[ -n ${BENCH_PERF:-} ]]; then
   for _ in $(seq 50); do kill -0 "$PERF_PID" 2>/dev/null || break; sleep 0.1; done
 fi
 
-export GATE_COOKIE GATE_INFO_COOKIE GATE_B_COOKIE APACHE_COOKIE BEARER
+export GATE_COOKIE GATE_INFO_COOKIE GATE_H2_COOKIE GATE_B_COOKIE APACHE_COOKIE BEARER
 G="http://127.0.0.1:$GATE_PORT"
 JSON_ACCEPT="application/json"
 HTML_ACCEPT="text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
@@ -128,13 +132,13 @@ const cookie = process.env.GATE_COOKIE;
 fs.writeFileSync(process.argv[2], JSON.stringify({
   duration: $DURATION, warmup: $WARMUP, rounds: $ROUNDS, connections: $CONNECTIONS, threads: $THREADS,
   clk_tck: $(getconf CLK_TCK), wrk_lua: '$BENCH_DIR/wrk.lua',
-  procs: { upstream: $UPSTREAM_PID, nginx: $PROXY_PID, apache: $APACHE_PID, gate: $GATE_MAIN_PID, gate_info: $GATE_INFO_PID, ...($GATE_B_PID ? { gate_b: $GATE_B_PID } : {}) },
+  procs: { upstream: $UPSTREAM_PID, nginx: $PROXY_PID, apache: $APACHE_PID, gate: $GATE_MAIN_PID, gate_info: $GATE_INFO_PID, gate_h2: $GATE_H2_PID, ...($GATE_B_PID ? { gate_b: $GATE_B_PID } : {}) },
   extra: {
     ready: $READY_JSON,
     commit: '$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo -dirty)',
     rust_log: 'warn for every gate row but "ssogate cookie, RUST_LOG=info" (a second gate, its log to a file)',
     servers: {
-      upstream: 'nginx $(nginx -v 2>&1 | sed 's/.*\///'), worker_processes auto (2), return 200 "ok\\\\n" / 64 KiB static file, client_header_buffer_size 4k',
+      upstream: 'nginx $(nginx -v 2>&1 | sed 's/.*\///'), worker_processes auto (2), return 200 "ok\\\\n" / 64 KiB static file, client_header_buffer_size 4k, a second port with http2 (h2c, prior knowledge) for gate_cookie_h2',
       nginx: 'nginx reverse proxy, worker_processes 2, proxy_http_version 1.1, upstream keepalive 256, client_header_buffer_size 4k',
       apache: '$(/usr/sbin/apache2 -v | head -1 | sed 's/Server version: //'), mpm_event 2x64 threads, mod_auth_openidc $(dpkg-query -W -f='${Version}' libapache2-mod-auth-openidc 2>/dev/null), OIDCCacheType shm, OIDCSessionType server-cache',
       gate: 'ssogate release, 2 serving threads (a current-thread runtime each), plain http',
@@ -161,13 +165,15 @@ fs.writeFileSync(process.argv[2], JSON.stringify({
     ...(process.env.GATE_B_COOKIE ? [
       v('gate_b_cookie_64k', 'ssogate B cookie 64 KiB', '64k', 'http://127.0.0.1:$GATE_B_PORT' + big, 'gate_b', 200, { cookie: process.env.GATE_B_COOKIE, body_bytes: 65536 }),
     ] : []),
+    // CT_UPSTREAM_HTTP2=true: one HTTP/2 connection per serving thread to the upstream's h2c port.
+    v('gate_cookie_h2', 'ssogate cookie, HTTP/2 upstream', 'tiny', 'http://127.0.0.1:$GATE_H2_PORT' + tiny, 'gate_h2', 200, { cookie: process.env.GATE_H2_COOKIE, same: 'nginx_same' }),
     v('gate_cookie_info', 'ssogate cookie, RUST_LOG=info', 'tiny', 'http://127.0.0.1:$GATE_INFO_PORT' + tiny, 'gate_info', 200, { cookie: process.env.GATE_INFO_COOKIE }),
   ],
 }, null, 2));
 EOF
 [[ -s "$WORK/bench-config.json" ]] || die "no bench config"
 
-say "checking every variant, then $ROUNDS rounds x 12 variants x (${WARMUP}s warm-up + ${DURATION}s), $CONNECTIONS connections"
+say "checking every variant, then $ROUNDS rounds x 13 variants x (${WARMUP}s warm-up + ${DURATION}s), $CONNECTIONS connections"
 node "$BENCH_DIR/bench.mjs" "$WORK/bench-config.json" "$OUT"
 grep -E ' (ERROR|WARN) ' "$WORK/gate.log" | head -5 >&2 || true
 say "done in ${SECONDS}s"

@@ -10,6 +10,7 @@ pub(super) struct Raw {
     pub ct_server_url: Option<String>,
     pub ct_upstream_url: Option<String>,
     pub ct_upstream_ca_file: Option<String>,
+    pub ct_upstream_http2: Option<String>,
     pub ct_listen_addr: Option<String>,
     pub ct_tls_cert_file: Option<String>,
     pub ct_tls_key_file: Option<String>,

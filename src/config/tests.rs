@@ -148,6 +148,10 @@ fn each_bad_setting_is_named_in_one_line() {
             "CT_ALLOW_UNAUTHENTICATED: must be true or false",
         ),
         (
+            with(good(), "CT_UPSTREAM_HTTP2", "h2c"),
+            "CT_UPSTREAM_HTTP2: must be true or false",
+        ),
+        (
             with(good(), "CT_SSO_SCOPES", "profile email"),
             "CT_SSO_SCOPES: must include openid",
         ),
@@ -451,4 +455,25 @@ fn an_echoed_value_never_breaks_the_one_line_rule() {
         line.starts_with("CT_ALLOWED_ORIGINS: `:\\nH` is not an origin"),
         "{line:?}"
     );
+}
+
+#[test]
+fn http2_to_the_upstream_is_off_unless_switched_on() {
+    assert!(!run(good()).unwrap().upstream_http2);
+    for on in ["true", "1", "yes", "ON"] {
+        assert!(
+            run(with(good(), "CT_UPSTREAM_HTTP2", on))
+                .unwrap()
+                .upstream_http2,
+            "{on}"
+        );
+    }
+    for off in ["false", "0", "no", "off"] {
+        assert!(
+            !run(with(good(), "CT_UPSTREAM_HTTP2", off))
+                .unwrap()
+                .upstream_http2,
+            "{off}"
+        );
+    }
 }

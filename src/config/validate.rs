@@ -67,6 +67,11 @@ pub(super) fn validate(raw: Raw, fs: &dyn Files) -> Result<Config, ConfigErrors>
         .ct_upstream_ca_file
         .as_deref()
         .and_then(|path| read_certs("CT_UPSTREAM_CA_FILE", path, fs, &mut p));
+    let upstream_http2 = raw
+        .ct_upstream_http2
+        .as_deref()
+        .map_or(Some(false), |v| parse_bool(v, "CT_UPSTREAM_HTTP2", &mut p))
+        .unwrap_or(false);
     let listen_addr = raw
         .ct_listen_addr
         .as_deref()
@@ -183,6 +188,7 @@ pub(super) fn validate(raw: Raw, fs: &dyn Files) -> Result<Config, ConfigErrors>
             server_url,
             upstream_url,
             upstream_ca_pem,
+            upstream_http2,
             metrics_addr,
             listen_addr,
             tls,

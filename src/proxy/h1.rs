@@ -499,6 +499,36 @@ impl AnswerHead {
             spans: &self.spans,
         }
     }
+
+    /// The head of an answer given as a header map (one that came over
+    /// HTTP/2), as header lines for the own path to copy. `bodiless`: the
+    /// answer has no body whatever its headers say.
+    pub fn of_map(status: StatusCode, headers: &HeaderMap, bodiless: bool) -> Self {
+        let mut bytes = BytesMut::new();
+        let mut spans = spare_spans();
+        let at = |bytes: &BytesMut| u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        for (name, value) in headers {
+            let name_at = at(&bytes);
+            bytes.extend_from_slice(name.as_str().as_bytes());
+            let name_end = at(&bytes);
+            bytes.extend_from_slice(b": ");
+            let value_at = at(&bytes);
+            bytes.extend_from_slice(value.as_bytes());
+            let value_end = at(&bytes);
+            bytes.extend_from_slice(b"\r\n");
+            spans.push(Span {
+                name: (name_at, name_end),
+                value: (value_at, value_end),
+            });
+        }
+        AnswerHead {
+            status,
+            bytes: bytes.freeze(),
+            spans,
+            length: content_length(headers),
+            bodiless,
+        }
+    }
 }
 
 thread_local! {

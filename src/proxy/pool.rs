@@ -239,16 +239,25 @@ pub struct Pool {
     host: Host<String>,
     port: u16,
     /// For an `https` upstream: the TLS set-up and the name to check.
-    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    tls: Option<Tls>,
     /// Tells this upstream's connections apart on a thread.
     id: u64,
+}
+
+/// How an `https` upstream is reached: one set-up offering `http/1.1` by
+/// ALPN, and, when `CT_UPSTREAM_HTTP2` is on, one offering `h2`.
+struct Tls {
+    http1: tokio_rustls::TlsConnector,
+    h2: Option<tokio_rustls::TlsConnector>,
+    name: ServerName<'static>,
 }
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Pool {
-    /// `tls` is used when `upstream` is `https`.
-    pub fn new(upstream: &Url, tls: rustls::ClientConfig) -> Result<Self, ProxyError> {
+    /// `tls` is used when `upstream` is `https`; `h2`: connections may
+    /// also be opened for HTTP/2 ([`Pool::open`]).
+    pub fn new(upstream: &Url, tls: rustls::ClientConfig, h2: bool) -> Result<Self, ProxyError> {
         let host = upstream.host().ok_or(ProxyError::Uri)?.to_owned();
         let port = upstream.port_or_known_default().ok_or(ProxyError::Uri)?;
         let tls = match upstream.scheme() {
@@ -259,9 +268,16 @@ impl Pool {
                     Host::Ipv6(ip) => Ok(ServerName::from(std::net::IpAddr::V6(*ip))),
                 }
                 .map_err(|_| ProxyError::Uri)?;
-                let mut tls = tls;
-                tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-                Some((tokio_rustls::TlsConnector::from(Arc::new(tls)), name))
+                let with_alpn = |alpn: &[u8]| {
+                    let mut tls = tls.clone();
+                    tls.alpn_protocols = vec![alpn.to_vec()];
+                    tokio_rustls::TlsConnector::from(Arc::new(tls))
+                };
+                Some(Tls {
+                    http1: with_alpn(b"http/1.1"),
+                    h2: h2.then(|| with_alpn(b"h2")),
+                    name,
+                })
             }
             "http" => None,
             _ => return Err(ProxyError::Uri),
@@ -328,6 +344,13 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<Conn, ProxyError> {
+        Ok(Conn::new(self.open(false).await?, self.id))
+    }
+
+    /// Opens a connection (TCP, and TLS for an `https` upstream), within
+    /// [`CONNECT_TIMEOUT`]. `h2`: for HTTP/2, so TLS offers only `h2` and
+    /// fails unless the upstream takes it.
+    pub(super) async fn open(&self, h2: bool) -> Result<Stream, ProxyError> {
         let connecting = async {
             let tcp = match &self.host {
                 Host::Domain(d) => TcpStream::connect((d.as_str(), self.port)).await,
@@ -335,16 +358,39 @@ impl Pool {
                 Host::Ipv6(ip) => TcpStream::connect(SocketAddr::from((*ip, self.port))).await,
             }?;
             tcp.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(match &self.tls {
-                None => Stream::Plain(tcp),
-                Some((tls, name)) => Stream::Tls(Box::new(tls.connect(name.clone(), tcp).await?)),
-            })
+            let Some(tls) = &self.tls else {
+                return Ok(Stream::Plain(tcp));
+            };
+            let connector = match (h2, &tls.h2) {
+                (true, Some(h2)) => h2,
+                _ => &tls.http1,
+            };
+            let stream = connector.connect(tls.name.clone(), tcp).await?;
+            if h2 && stream.get_ref().1.alpn_protocol() != Some(b"h2".as_slice()) {
+                return Err(std::io::Error::other(
+                    "the upstream did not agree to HTTP/2 (ALPN h2)",
+                ));
+            }
+            Ok::<_, std::io::Error>(Stream::Tls(Box::new(stream)))
         };
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| ProxyError::Connect("timed out".into()))?
-            .map_err(|e| ProxyError::Connect(e.into()))?;
-        Ok(Conn::new(stream, self.id))
+            .map_err(|e| ProxyError::Connect(e.into()))
+    }
+
+    /// Tells this upstream apart from others on a thread.
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// `https` or `http`.
+    pub(super) fn scheme(&self) -> http::uri::Scheme {
+        if self.tls.is_some() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        }
     }
 
     /// Idle connections this thread holds for this upstream.

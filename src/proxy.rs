@@ -50,6 +50,16 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// Why the request cannot go to an HTTP/2 upstream at all (a target
+    /// or header HTTP/2 cannot carry, such as a raw backtick or a byte
+    /// that is not UTF-8 in the path): the client's to mend, so 400.
+    pub fn refused(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::Http2(h2::H2Error::Request(why)) => Some(why),
+            _ => None,
+        }
+    }
+
     /// Whether the failure came from the client's side: its request body
     /// failed (the client went away) or went quiet past
     /// `CT_BODY_IDLE_TIMEOUT`; `Some(true)` for the latter.

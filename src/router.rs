@@ -453,6 +453,11 @@ fn forward_failed(
     html: bool,
     cookies: Vec<http::HeaderValue>,
 ) -> Response<Body> {
+    if let Some(why) = e.refused() {
+        tracing::debug!(why, "the request cannot be sent over HTTP/2");
+        let why = format!("the request cannot be sent to the upstream over HTTP/2: {why}");
+        return routes::with_cookies(Failure::BadRequest(why).respond(html), cookies);
+    }
     match e.client_body() {
         Some(idle) => {
             tracing::debug!(error = %e, "the client's request body failed");

@@ -350,25 +350,34 @@ async fn connect(pool: &Pool, opening: Opening) -> Result<Lane, ProxyError> {
 /// The HTTP/2 request for an HTTP/1.1 head the gate wrote.
 fn request_of(scheme: &Scheme, head: &[u8]) -> Result<Request<()>, H2Error> {
     let wire = Bytes::copy_from_slice(head);
-    let lines = memchr::memchr_iter(b'\n', &wire).count();
-    let mut found = vec![httparse::EMPTY_HEADER; lines];
-    let mut parsed = httparse::Request::new(&mut found);
-    match parsed.parse(&wire) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err(H2Error::Request("the head does not parse")),
-    }
-    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
-        .map_err(|_| H2Error::Request("bad method"))?;
-    let target = parsed.path.unwrap_or("/");
-    let path = PathAndQuery::from_maybe_shared(wire.slice_ref(target.as_bytes()))
+    // The request line as `encode_head` writes it: `METHOD SP target SP
+    // HTTP/1.1 CRLF` (the target is the client's, so it is split here
+    // rather than judged by a parser; `http::Uri` judges it below).
+    let line_end =
+        memchr::memchr(b'\n', &wire).ok_or(H2Error::Request("the head does not parse"))?;
+    let line = wire
+        .get(..line_end)
+        .and_then(|l| l.strip_suffix(b" HTTP/1.1\r"))
+        .ok_or(H2Error::Request("the head does not parse"))?;
+    let space = memchr::memchr(b' ', line).ok_or(H2Error::Request("the head does not parse"))?;
+    let (method, target) = (&line[..space], &line[space + 1..]);
+    let method = Method::from_bytes(method).map_err(|_| H2Error::Request("bad method"))?;
+    let path = PathAndQuery::from_maybe_shared(wire.slice_ref(target))
         .map_err(|_| H2Error::Request("bad target"))?;
+    let fields = wire.slice(line_end + 1..);
+    let lines = memchr::memchr_iter(b'\n', &fields).count();
+    let mut found = vec![httparse::EMPTY_HEADER; lines];
+    let parsed = match httparse::parse_headers(&fields, &mut found) {
+        Ok(httparse::Status::Complete((_, parsed))) => parsed,
+        _ => return Err(H2Error::Request("the head does not parse")),
+    };
     let mut authority = None;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-    for h in parsed.headers.iter() {
+    let mut headers = HeaderMap::with_capacity(lines);
+    for h in parsed {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"host") {
             authority = Some(
-                Authority::from_maybe_shared(wire.slice_ref(h.value))
+                Authority::from_maybe_shared(fields.slice_ref(h.value))
                     .map_err(|_| H2Error::Request("bad host"))?,
             );
             continue;
@@ -377,7 +386,7 @@ fn request_of(scheme: &Scheme, head: &[u8]) -> Result<Request<()>, H2Error> {
             continue;
         }
         let name = name_of(name)?;
-        let value = HeaderValue::from_maybe_shared(wire.slice_ref(h.value))
+        let value = HeaderValue::from_maybe_shared(fields.slice_ref(h.value))
             .map_err(|_| H2Error::Request("bad header"))?;
         headers.append(name, value);
     }

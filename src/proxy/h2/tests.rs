@@ -373,3 +373,16 @@ async fn a_connection_the_upstream_closed_is_replaced_without_an_error() {
     );
     assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
 }
+
+#[test]
+fn a_target_http2_cannot_carry_is_the_clients_to_mend() {
+    for target in [b"/a`b".as_slice(), b"/caf\xe9"] {
+        let head = head_for(b"GET", target, &HeaderMap::new(), None);
+        let e = request_of(&Scheme::HTTP, &head).unwrap_err();
+        assert!(matches!(e, H2Error::Request("bad target")), "{e}");
+        assert_eq!(ProxyError::Http2(e).refused(), Some("bad target"));
+    }
+    // An upstream failure is not.
+    let failed = ProxyError::Connect("refused".into());
+    assert_eq!(failed.refused(), None);
+}

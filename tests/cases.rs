@@ -18,4 +18,5 @@ mod session;
 mod signin;
 mod signout;
 mod tls_rotation;
+mod upstream_h2;
 mod websocket;

@@ -33,7 +33,7 @@
 
 use std::cell::RefCell;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -71,7 +71,7 @@ struct Upstream {
     lanes: Vec<Lane>,
     /// A connection is being opened: requests that find no room wait for
     /// it instead of each opening one (a burst on a cold thread).
-    opening: Option<Arc<Notify>>,
+    opening: Option<Arc<Opened>>,
 }
 
 /// What a request does for a connection ([`pick`]).
@@ -80,26 +80,37 @@ enum Pick {
     /// Open one ([`Opening`] marks it).
     Open(Opening),
     /// Wait until the one being opened is there (or has failed).
-    Wait(Arc<Notify>),
+    Wait(Arc<Opened>),
 }
 
-/// A connection being opened to upstream `id`, until dropped: then the
-/// mark is gone and the requests waiting for it look again.
-struct Opening {
-    id: u64,
-    done: Arc<Notify>,
+/// Whether the connection being opened is there (or failed), and who waits.
+struct Opened {
+    finished: AtomicBool,
+    done: Notify,
 }
+
+/// A connection being opened, until dropped: then the requests waiting for
+/// it look again. It needs no thread-local, so it works wherever the task
+/// that opens runs on (a work-stealing runtime moves tasks between threads).
+struct Opening(Arc<Opened>);
 
 impl Drop for Opening {
     fn drop(&mut self) {
-        let _ = CONNS.try_with(|conns| {
-            if let Ok(mut conns) = conns.try_borrow_mut()
-                && let Some(up) = conns.iter_mut().find(|up| up.id == self.id)
-            {
-                up.opening = None;
-            }
-        });
-        self.done.notify_waiters();
+        self.0.finished.store(true, Ordering::Release);
+        self.0.done.notify_waiters();
+    }
+}
+
+impl Opened {
+    /// Waits until the connection is there or has failed.
+    async fn wait(&self) {
+        let notified = self.done.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before the check: a finish in between still wakes it.
+        notified.as_mut().enable();
+        if !self.finished.load(Ordering::Acquire) {
+            notified.await;
+        }
     }
 }
 
@@ -221,8 +232,8 @@ pub async fn send(
         let (mut lane, fresh) = match pick(pool.id()) {
             Pick::Take(lane) => (lane, false),
             Pick::Open(opening) => (connect(pool, opening).await?, true),
-            Pick::Wait(done) => {
-                done.notified().await;
+            Pick::Wait(opened) => {
+                opened.wait().await;
                 continue;
             }
         };
@@ -269,21 +280,7 @@ fn upstream(e: H2Error) -> ProxyError {
 fn pick(id: u64) -> Pick {
     CONNS.with(|conns| {
         let mut conns = conns.borrow_mut();
-        let at = match conns.iter().position(|up| up.id == id) {
-            Some(at) => at,
-            None => {
-                if conns.len() >= MAX_UPSTREAMS_PER_THREAD {
-                    conns.remove(0);
-                }
-                conns.push(Upstream {
-                    id,
-                    lanes: Vec::new(),
-                    opening: None,
-                });
-                conns.len() - 1
-            }
-        };
-        let up = &mut conns[at];
+        let up = upstream_here(&mut conns, id);
         up.lanes.retain(|lane| !lane.conn.is_closed());
         let free = up
             .lanes
@@ -292,8 +289,11 @@ fn pick(id: u64) -> Pick {
         if let Some(lane) = free {
             return Pick::Take(lane.clone());
         }
-        if let Some(done) = &up.opening {
-            return Pick::Wait(done.clone());
+        match &up.opening {
+            Some(opened) if !opened.finished.load(Ordering::Acquire) => {
+                return Pick::Wait(opened.clone());
+            }
+            _ => up.opening = None,
         }
         if up.lanes.len() >= MAX_CONNS_PER_UPSTREAM
             && let Some(lane) = up
@@ -303,9 +303,12 @@ fn pick(id: u64) -> Pick {
         {
             return Pick::Take(lane.clone());
         }
-        let done = Arc::new(Notify::new());
-        up.opening = Some(done.clone());
-        Pick::Open(Opening { id, done })
+        let opened = Arc::new(Opened {
+            finished: AtomicBool::new(false),
+            done: Notify::new(),
+        });
+        up.opening = Some(opened.clone());
+        Pick::Open(Opening(opened))
     })
 }
 
@@ -338,13 +341,37 @@ async fn connect(pool: &Pool, opening: Opening) -> Result<Lane, ProxyError> {
         load: Arc::default(),
         limit,
     };
+    // Kept by the thread this task now runs on (on a work-stealing runtime,
+    // maybe not the one that marked the opening).
     CONNS.with(|conns| {
-        if let Some(up) = conns.borrow_mut().iter_mut().find(|up| up.id == pool.id()) {
+        let mut conns = conns.borrow_mut();
+        let up = upstream_here(&mut conns, pool.id());
+        if up.lanes.len() < MAX_CONNS_PER_UPSTREAM {
             up.lanes.push(lane.clone());
         }
     });
     drop(opening);
     Ok(lane)
+}
+
+/// This thread's entry for upstream `id`, made if need be (the oldest goes
+/// past [`MAX_UPSTREAMS_PER_THREAD`]).
+fn upstream_here(conns: &mut Vec<Upstream>, id: u64) -> &mut Upstream {
+    let at = match conns.iter().position(|up| up.id == id) {
+        Some(at) => at,
+        None => {
+            if conns.len() >= MAX_UPSTREAMS_PER_THREAD {
+                conns.remove(0);
+            }
+            conns.push(Upstream {
+                id,
+                lanes: Vec::new(),
+                opening: None,
+            });
+            conns.len() - 1
+        }
+    };
+    &mut conns[at]
 }
 
 /// The HTTP/2 request for an HTTP/1.1 head the gate wrote.

@@ -677,7 +677,7 @@ fn pump<I: AsyncRead + Unpin>(
     let Some(pipe) = pipe.filter(|p| p.left() > 0) else {
         return watch(io, buf, max_head, cx).map(|()| None);
     };
-    if !pipe.is_taken() {
+    if !pipe.poll_taken(cx) {
         // The upstream has not taken the last piece: read nothing more yet.
         return Poll::Pending;
     }
@@ -688,7 +688,7 @@ fn pump<I: AsyncRead + Unpin>(
             Poll::Pending => return Poll::Pending,
         }
     }
-    Poll::Ready(Some(pipe.put(buf)))
+    Poll::Ready(Some(pipe.put(buf, cx)))
 }
 
 /// While a request is served: reads what the client sends meanwhile (the

@@ -271,7 +271,8 @@ async fn sigterm_lets_the_in_flight_response_finish_refuses_new_connections_and_
         "exit took {:?}",
         signalled.elapsed()
     );
-    assert!(refused(gate.port).await);
+    // (Refusal is checked above, during the grace period; once the process
+    // has exited, another test's listener may already hold the port.)
     // Each serving thread's last line, written as it ends, is in the log:
     // the lines a thread gathers are not lost at exit.
     crate::assert_eventually!(

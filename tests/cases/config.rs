@@ -15,7 +15,7 @@ const SECRETS: [&str; 2] = [CLIENT_SECRET, COOKIE_SECRET];
 
 /// A complete, valid configuration with SSO on (the provider is not needed
 /// to start: it is loaded in the background).
-fn good() -> Vec<(String, String)> {
+pub(super) fn good() -> Vec<(String, String)> {
     vars(&[
         ("CT_SERVER_URL", GATE),
         ("CT_UPSTREAM_URL", "http://127.0.0.1:9"),
@@ -30,7 +30,7 @@ fn good() -> Vec<(String, String)> {
 }
 
 /// `good()` with `set` replacing or adding variables and `unset` removed.
-fn changed(set: &[(&str, &str)], unset: &[&str]) -> Vec<(String, String)> {
+pub(super) fn changed(set: &[(&str, &str)], unset: &[&str]) -> Vec<(String, String)> {
     let mut v = good();
     v.retain(|(k, _)| !unset.contains(&k.as_str()) && !set.iter().any(|(s, _)| s == k));
     v.extend(vars(set));
@@ -38,16 +38,16 @@ fn changed(set: &[(&str, &str)], unset: &[&str]) -> Vec<(String, String)> {
 }
 
 /// One bad setting and what the operator must be told.
-struct Bad {
-    what: &'static str,
-    env: Vec<(String, String)>,
+pub(super) struct Bad {
+    pub(super) what: &'static str,
+    pub(super) env: Vec<(String, String)>,
     /// The variable the single error line names.
-    var: &'static str,
+    pub(super) var: &'static str,
     /// Values given in this case that must not be echoed.
-    hidden: Vec<String>,
+    pub(super) hidden: Vec<String>,
 }
 
-fn assert_refused(bad: &Bad, r: &Run) {
+pub(super) fn assert_refused(bad: &Bad, r: &Run) {
     let what = bad.what;
     assert!(
         matches!(r.code, Some(c) if c != 0),
@@ -318,7 +318,7 @@ async fn several_bad_settings_give_one_line_each() {
 }
 
 /// A configuration `check-config` accepts without any network: no SSO.
-fn offline(upstream: &str) -> Vec<(String, String)> {
+pub(super) fn offline(upstream: &str) -> Vec<(String, String)> {
     vars(&[
         ("CT_SERVER_URL", GATE),
         ("CT_UPSTREAM_URL", upstream),

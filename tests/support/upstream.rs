@@ -10,11 +10,17 @@
 //! - `/big?bytes=N` (1 MiB) → N bytes of [`pattern_byte`], with `content-length`.
 //! - `/status/NNN` → status NNN (200–999), body `{"status": NNN}`.
 //! - `/big-head?bytes=N` (70 KiB) → 200 with about N bytes of `x-filler` headers.
+//! - `/drop-once?key=K` → the first request with key K closes every open
+//!   connection without an answer (an upstream restarting just then); later
+//!   ones get the echo.
 //! - anything else → 200 JSON `{"method","path","query","headers":{name:[values]},
 //!   "body_len","version"}` with `set-cookie: app=1`.
 //!
 //! Every request is recorded (after its body was read, before the response
-//! is sent) so `requests()` is complete as soon as the client has a response.
+//! is sent) so `requests()` is complete as soon as the client has a response;
+//! so is the HTTP version it came in (HTTP/1.1, or HTTP/2 by prior knowledge
+//! or by ALPN `h2`). A `HEAD` is answered without a body over HTTP/2 too
+//! (hyper's HTTP/2 server would send one), as a real server does.
 //! Dropping the `Upstream` stops the listener and every open connection.
 #![allow(
     clippy::expect_used,
@@ -29,7 +35,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method};
+use http::{HeaderMap, Method, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -51,6 +57,11 @@ pub struct Recorded {
     pub headers: HeaderMap,
     /// Bytes of request body read (0 for WebSocket upgrades).
     pub body_len: u64,
+    /// `HTTP/1.1`, or `HTTP/2.0` for a request that came over HTTP/2.
+    pub version: Version,
+    /// The request target's authority: HTTP/2's `:authority` (an HTTP/1.1
+    /// request in origin form has none; its `Host` is in `headers`).
+    pub authority: Option<String>,
 }
 
 impl Recorded {
@@ -79,7 +90,12 @@ impl Recorded {
 struct State {
     /// Bumped by [`Upstream::drop_connections`]: every open connection ends.
     kick: watch::Sender<u64>,
+    /// Bumped by [`Upstream::goaway`]: every open connection shuts down
+    /// gracefully (HTTP/2 `GOAWAY`; HTTP/1.1 closes once idle).
+    goaway: watch::Sender<u64>,
     requests: Mutex<Vec<Recorded>>,
+    /// Keys `/drop-once` has seen.
+    dropped_once: Mutex<std::collections::HashSet<String>>,
     connections: AtomicUsize,
     open_websockets: AtomicUsize,
     open_streams: AtomicUsize,
@@ -89,7 +105,9 @@ impl Default for State {
     fn default() -> Self {
         State {
             kick: watch::channel(0).0,
+            goaway: watch::channel(0).0,
             requests: Mutex::default(),
+            dropped_once: Mutex::default(),
             connections: AtomicUsize::default(),
             open_websockets: AtomicUsize::default(),
             open_streams: AtomicUsize::default(),
@@ -98,7 +116,22 @@ impl Default for State {
 }
 
 impl State {
-    fn record(&self, method: &Method, uri: &http::Uri, headers: &HeaderMap, body_len: u64) {
+    /// Whether `/drop-once` sees `key` for the first time.
+    fn first_drop(&self, key: &str) -> bool {
+        self.dropped_once
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_owned())
+    }
+
+    fn record(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        version: Version,
+        headers: &HeaderMap,
+        body_len: u64,
+    ) {
         let path_and_query = uri
             .path_and_query()
             .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
@@ -107,6 +140,8 @@ impl State {
             path_and_query,
             headers: headers.clone(),
             body_len,
+            version,
+            authority: uri.authority().map(|a| a.as_str().to_owned()),
         };
         self.requests
             .lock()
@@ -142,10 +177,32 @@ impl Upstream {
         Self::spawn(Some(acceptor)).await
     }
 
+    /// A plain-HTTP upstream on `addr`: one that comes back on the port of
+    /// an `Upstream` that was dropped (a restart).
+    /// (The old listener closes as soon as its task sees the drop: binding
+    /// is retried for a moment.)
+    pub async fn start_at(addr: SocketAddr) -> Upstream {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("bind upstream on its old address {addr}: {e}"),
+            }
+        };
+        Self::spawn_on(listener, None)
+    }
+
     async fn spawn(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream on 127.0.0.1:0");
+        Self::spawn_on(listener, tls)
+    }
+
+    fn spawn_on(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let addr = listener.local_addr().expect("upstream local addr");
         let scheme = if tls.is_some() { "https" } else { "http" };
         let state = Arc::new(State::default());
@@ -234,6 +291,14 @@ impl Upstream {
         self.state.kick.send_modify(|n| *n += 1);
     }
 
+    /// Shuts every open connection down gracefully and keeps listening: an
+    /// HTTP/2 connection gets `GOAWAY` (its streams in flight finish, no new
+    /// one is taken), as a server being reloaded or one that ends a
+    /// connection after so many requests does.
+    pub fn goaway(&self) {
+        self.state.goaway.send_modify(|n| *n += 1);
+    }
+
     /// Forgets recorded requests and resets the connection count.
     pub fn clear(&self) {
         self.state
@@ -257,13 +322,24 @@ where
 {
     let stop_for_svc = stop.clone();
     let mut kicked = st.kick.subscribe();
+    let mut goaway = st.goaway.subscribe();
     let svc = service_fn(move |req| routes::handle(req, st.clone(), stop_for_svc.clone()));
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::select! {
-        _ = conn => {}
-        _ = stop.changed() => {}
-        _ = kicked.changed() => {}
+    tokio::pin!(conn);
+    let mut going_away = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = stop.changed() => return,
+            _ = kicked.changed() => return,
+            changed = goaway.changed(), if !going_away => {
+                if changed.is_ok() {
+                    conn.as_mut().graceful_shutdown();
+                }
+                going_away = true;
+            }
+        }
     }
 }
 

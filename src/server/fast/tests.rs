@@ -388,7 +388,8 @@ async fn router_answers_are_framed_as_hyper_frames_them() {
 fn a_refused_bodys_rest_is_skipped_only_when_it_is_all_read() {
     let pipe = body::Pipe::new(10);
     let mut buf = BytesMut::from(&b"0123"[..]);
-    assert!(pipe.put(&mut buf));
+    let cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(pipe.put(&mut buf, &cx));
     let mut rest = BytesMut::from(&b"456789GET / HTTP/1.1\r\n"[..]);
     assert!(skip_rest(&pipe, &mut rest));
     assert_eq!(&rest[..], b"GET / HTTP/1.1\r\n", "the next request stays");

@@ -8,9 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt as _, Empty, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::{Body as _, Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -36,9 +36,24 @@ pub(super) async fn handle(
     }
     let (parts, body) = req.into_parts();
     let body_len = drain(body).await;
-    st.record(&parts.method, &parts.uri, &parts.headers, body_len);
+    st.record(
+        &parts.method,
+        &parts.uri,
+        parts.version,
+        &parts.headers,
+        body_len,
+    );
     let query = query_map(parts.uri.query());
     let path = parts.uri.path();
+    if path == "/drop-once" && st.first_drop(query.get("key").map_or("", String::as_str)) {
+        // Every connection ends now, this request's too: it gets no answer.
+        st.kick.send_modify(|n| *n += 1);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        return Ok(json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({"error": "the connection outlived /drop-once"}),
+        ));
+    }
     let response = if path == "/slow" {
         let chunks = query_u64(&query, "chunks", 5);
         let interval = Duration::from_millis(query_u64(&query, "interval_ms", 100));
@@ -52,7 +67,24 @@ pub(super) async fn handle(
     } else {
         echo(&parts, body_len)
     };
+    if parts.method == Method::HEAD && parts.version == Version::HTTP_2 {
+        return Ok(without_body(response));
+    }
     Ok(response)
+}
+
+/// The answer to a `HEAD` over HTTP/2: its head (with the `content-length`
+/// a `GET` would have), no body. hyper's HTTP/1.1 server does this itself;
+/// its HTTP/2 server sends the body, which no real server does.
+fn without_body(response: Response<Body>) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    if let Some(len) = body.size_hint().exact() {
+        parts
+            .headers
+            .entry(header::CONTENT_LENGTH)
+            .or_insert_with(|| HeaderValue::from(len));
+    }
+    Response::from_parts(parts, Empty::new().boxed_unsync())
 }
 
 fn wants_websocket(headers: &HeaderMap) -> bool {
@@ -70,7 +102,7 @@ fn websocket(
     st: Arc<State>,
     mut stop: watch::Receiver<()>,
 ) -> Response<Body> {
-    st.record(req.method(), req.uri(), req.headers(), 0);
+    st.record(req.method(), req.uri(), req.version(), req.headers(), 0);
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
     let (Some(key), true) = (key, wants_websocket(req.headers())) else {
         return json(
@@ -151,7 +183,13 @@ async fn upload(req: Request<Incoming>, st: Arc<State>) -> Response<Body> {
             }
         }
     }
-    st.record(&parts.method, &parts.uri, &parts.headers, bytes);
+    st.record(
+        &parts.method,
+        &parts.uri,
+        parts.version,
+        &parts.headers,
+        bytes,
+    );
     if let Some(error) = failed {
         return json(
             StatusCode::BAD_REQUEST,

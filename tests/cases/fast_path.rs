@@ -17,7 +17,7 @@
 mod answers;
 mod bodies;
 mod clients;
-mod conn;
+pub(super) mod conn;
 mod coverage;
 mod keep_alive;
 mod raw_upstream;

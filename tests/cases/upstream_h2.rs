@@ -21,7 +21,6 @@ use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use http::Version;
 use reqwest::header::ACCEPT;
-use rustls::pki_types::ServerName;
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -31,7 +30,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::binary::{Served, run};
 use super::config::{Bad, assert_refused, changed, offline};
-use super::hostile::header_values;
+use super::fast_path::conn::Conn;
 use super::proxy::cookie_header;
 use super::websocket::connect;
 use crate::assert_eventually;
@@ -119,202 +118,6 @@ fn pattern_mismatch(body: &[u8]) -> Option<usize> {
 // ---------------------------------------------------------------------------
 // A raw HTTP/1.1 client over TLS: what goes on the wire is what the test wrote
 // ---------------------------------------------------------------------------
-
-/// One answer, its body unframed.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    /// Status line and header lines.
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn headers(&self, name: &str) -> Vec<String> {
-        header_values(&self.head, name)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\n\n{}", self.head, self.text()))
-    }
-
-    /// Header lines as `name: value`, names in lower case, sorted; `date`
-    /// and `x-request-id` (different on every answer) and those in `masked`
-    /// only by name.
-    fn normalized_headers(&self, masked: &[&str]) -> Vec<String> {
-        let mut lines: Vec<String> = self
-            .head
-            .split("\r\n")
-            .skip(1)
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| {
-                let n = n.trim().to_ascii_lowercase();
-                if ["date", "x-request-id"].contains(&n.as_str()) || masked.contains(&n.as_str()) {
-                    format!("{n}: *")
-                } else {
-                    format!("{n}: {}", v.trim())
-                }
-            })
-            .collect();
-        lines.sort();
-        lines
-    }
-}
-
-/// A kept-alive HTTP/1.1 connection to a TLS gate.
-struct H1 {
-    io: TlsStream<TcpStream>,
-    buf: Vec<u8>,
-    /// The request line last sent, for failure messages.
-    last: String,
-}
-
-impl H1 {
-    /// Connects to the gate on `port` (server name `localhost`), ALPN `http/1.1`.
-    async fn to(pki: &TestPki, port: u16) -> H1 {
-        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let connector = tokio_rustls::TlsConnector::from(pki.rustls_client_config(&["http/1.1"]));
-        let io = connector
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .expect("TLS handshake with the gate");
-        H1 {
-            io,
-            buf: Vec::new(),
-            last: String::new(),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        let line = bytes.split(|&b| b == b'\r').next().unwrap_or_default();
-        self.last = String::from_utf8_lossy(line).into_owned();
-        self.io.write_all(bytes).await.expect("write to the gate");
-        self.io.flush().await.expect("flush to the gate");
-    }
-
-    /// Sends `request` and reads its answer (`head_request`: the answer to
-    /// a `HEAD`, which has no body whatever its head says).
-    async fn exchange(&mut self, request: &[u8], head_request: bool) -> Answer {
-        self.send(request).await;
-        self.answer(head_request).await
-    }
-
-    async fn answer(&mut self, head_request: bool) -> Answer {
-        tokio::time::timeout(HANG, self.read_answer(head_request))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "{}: no complete answer within {HANG:?}; got so far: {:?}",
-                    self.last,
-                    String::from_utf8_lossy(&self.buf)
-                )
-            })
-            .unwrap_or_else(|e| panic!("{}: {e}", self.last))
-    }
-
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 16 * 1024];
-        match self.io.read(&mut chunk).await {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-        }
-    }
-
-    async fn line(&mut self) -> Result<String, String> {
-        loop {
-            if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-                self.buf.drain(..end + 2);
-                return Ok(line);
-            }
-            if !self.fill().await {
-                return Err(format!(
-                    "the connection ended inside a line: {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                ));
-            }
-        }
-    }
-
-    async fn exactly(&mut self, n: usize) -> Result<Vec<u8>, String> {
-        while self.buf.len() < n {
-            if !self.fill().await {
-                return Err(format!(
-                    "the connection ended after {} of {n} body bytes",
-                    self.buf.len()
-                ));
-            }
-        }
-        Ok(self.buf.drain(..n).collect())
-    }
-
-    async fn read_answer(&mut self, head_request: bool) -> Result<Answer, String> {
-        let head = loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-                self.buf.drain(..end + 4);
-                break head;
-            }
-            if !self.fill().await {
-                return Err(format!(
-                    "the connection ended before an answer's head: {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                ));
-            }
-        };
-        if !head.starts_with("HTTP/1.1 ") {
-            return Err(format!("not an HTTP/1.1 answer:\n{head}"));
-        }
-        let status: u16 = head
-            .get(9..12)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("no status in\n{head}"))?;
-        let chunked = header_values(&head, "transfer-encoding")
-            .iter()
-            .any(|v| v.eq_ignore_ascii_case("chunked"));
-        let length: Option<usize> = header_values(&head, "content-length")
-            .first()
-            .map(|v| {
-                v.parse()
-                    .map_err(|_| format!("bad content-length in\n{head}"))
-            })
-            .transpose()?;
-        let body = if head_request || status == 204 || status == 304 {
-            Vec::new()
-        } else if chunked {
-            let mut body = Vec::new();
-            loop {
-                let size_line = self.line().await?;
-                let size =
-                    usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-                        .map_err(|_| format!("bad chunk size {size_line:?}"))?;
-                if size == 0 {
-                    while !self.line().await?.is_empty() {}
-                    break;
-                }
-                body.extend(self.exactly(size).await?);
-                if !self.line().await?.is_empty() {
-                    return Err("a chunk did not end with CRLF".into());
-                }
-            }
-            body
-        } else if let Some(n) = length {
-            self.exactly(n).await?
-        } else {
-            while self.fill().await {}
-            std::mem::take(&mut self.buf)
-        };
-        Ok(Answer { status, head, body })
-    }
-}
 
 /// An HTTP/1.1 request to the gate on `port`: `lines` are extra header lines.
 fn request(method: &str, port: u16, target: &str, lines: &[String], body: &[u8]) -> Vec<u8> {
@@ -422,9 +225,9 @@ async fn unset_and_false_forward_over_http1_and_true_over_http2() {
         ("true", on.port, Version::HTTP_2),
     ] {
         let path = format!("/which/{what}");
-        let mut c = H1::to(&w.pki, port).await;
+        let mut c = Conn::tls_to(&w.pki, port).await;
         let a = c
-            .exchange(
+            .exchange_bytes(
                 &request(
                     "GET",
                     port,
@@ -530,9 +333,9 @@ async fn an_http1_clients_request_reaches_the_upstream_over_http2_with_only_the_
     ];
     lines.extend(spoofed_lines());
     let target = "/h2/a%2Fb/c?x=1&y=%2F&z";
-    let mut c = H1::to(&w.pki, port).await;
+    let mut c = Conn::tls_to(&w.pki, port).await;
     let a = c
-        .exchange(&request("GET", port, target, &lines, b""), false)
+        .exchange_bytes(&request("GET", port, target, &lines, b""), false)
         .await;
 
     let r = seen(&w.upstream, "/h2/a%2Fb/c");
@@ -565,7 +368,7 @@ async fn an_http1_clients_request_reaches_the_upstream_over_http2_with_only_the_
 
     // The same client connection goes on: another status and body.
     let a = c
-        .exchange(
+        .exchange_bytes(
             &request(
                 "GET",
                 port,
@@ -641,16 +444,16 @@ async fn answers_over_http2_are_the_same_as_over_http1() {
         ("HEAD", "/status/202", b"", true),
         ("POST", "/upload", &upload, true),
     ];
-    let mut over_h2 = H1::to(&w.pki, w.gate.port).await;
-    let mut over_h1 = H1::to(&w.pki, h1_gate.port).await;
+    let mut over_h2 = Conn::tls_to(&w.pki, w.gate.port).await;
+    let mut over_h1 = Conn::tls_to(&w.pki, h1_gate.port).await;
     for (method, target, body, compare_body) in cases {
         let lines = [JSON.to_owned(), cookie_line(&cookie)];
         let head = method == "HEAD";
         let a2 = over_h2
-            .exchange(&request(method, w.gate.port, target, &lines, body), head)
+            .exchange_bytes(&request(method, w.gate.port, target, &lines, body), head)
             .await;
         let a1 = over_h1
-            .exchange(&request(method, h1_gate.port, target, &lines, body), head)
+            .exchange_bytes(&request(method, h1_gate.port, target, &lines, body), head)
             .await;
         let what = format!("{method} {target}");
         assert_eq!(
@@ -828,19 +631,23 @@ async fn a_head_answer_has_no_body_over_http2() {
     let lines = [JSON.to_owned(), cookie_line(&cookie)];
 
     // HTTP/1.1 client: the answer after each HEAD starts right after its head.
-    let mut c = H1::to(&w.pki, port).await;
+    let mut c = Conn::tls_to(&w.pki, port).await;
     for target in ["/big?bytes=1048576", "/head/echo"] {
         let head = c
-            .exchange(&request("HEAD", port, target, &lines, b""), true)
+            .exchange_bytes(&request("HEAD", port, target, &lines, b""), true)
             .await;
         assert_eq!(head.status, 200, "HEAD {target}: {head:?}");
         let next = c
-            .exchange(&request("GET", port, "/status/201", &lines, b""), false)
+            .exchange_bytes(&request("GET", port, "/status/201", &lines, b""), false)
             .await;
         assert_eq!(next.status, 201, "the answer after HEAD {target}: {next:?}");
         assert_eq!(next.json(), serde_json::json!({"status": 201}));
     }
-    assert_eq!(c.buf, b"", "bytes after the last answer");
+    assert_eq!(
+        c.stray_bytes(Duration::from_millis(300)).await,
+        b"",
+        "bytes after the last answer"
+    );
 
     // HTTP/2 client: a HEAD answer with DATA would be a stream error.
     let resp = b
@@ -934,8 +741,8 @@ async fn concurrent_requests_share_one_upstream_connection_per_serving_thread() 
         );
         let pki = &w.pki;
         async move {
-            let mut c = H1::to(pki, port).await;
-            c.exchange(&req, false).await
+            let mut c = Conn::tls_to(pki, port).await;
+            c.exchange_bytes(&req, false).await
         }
     };
     let answers = futures_util::future::join_all((0..CLIENTS).map(one)).await;

@@ -8,6 +8,9 @@ use tokio::net::TcpStream;
 
 use crate::cases::hostile::{JSON, header_values};
 use crate::cases::proxy::tls_connect;
+use rustls::pki_types::ServerName;
+
+use crate::support::certs::TestPki;
 use crate::support::gate::World;
 use crate::support::upstream::Upstream;
 
@@ -15,48 +18,48 @@ use crate::support::upstream::Upstream;
 const ANSWER_LIMIT: Duration = Duration::from_secs(10);
 
 /// How long the gate may take to close a connection it is done with.
-pub(super) const CLOSE_LIMIT: Duration = Duration::from_secs(5);
+pub(crate) const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
 /// One answer read off a connection, its body unframed.
 #[derive(Debug)]
-pub(super) struct Answer {
+pub(crate) struct Answer {
     /// `HTTP/1.1` or `HTTP/1.0`.
-    pub(super) version: String,
-    pub(super) status: u16,
+    pub(crate) version: String,
+    pub(crate) status: u16,
     /// Status line and header lines, without the blank line.
-    pub(super) head: String,
-    pub(super) body: Vec<u8>,
+    pub(crate) head: String,
+    pub(crate) body: Vec<u8>,
     /// Trailer lines of a chunked body (empty otherwise).
-    pub(super) trailers: String,
+    pub(crate) trailers: String,
 }
 
 impl Answer {
-    pub(super) fn headers(&self, name: &str) -> Vec<String> {
+    pub(crate) fn headers(&self, name: &str) -> Vec<String> {
         header_values(&self.head, name)
     }
 
     /// The one value of `name`; fails if it is missing or repeated.
-    pub(super) fn one(&self, name: &str) -> String {
+    pub(crate) fn one(&self, name: &str) -> String {
         let values = self.headers(name);
         assert_eq!(values.len(), 1, "{name} in\n{}", self.head);
         values[0].clone()
     }
 
-    pub(super) fn has(&self, name: &str) -> bool {
+    pub(crate) fn has(&self, name: &str) -> bool {
         !self.headers(name).is_empty()
     }
 
-    pub(super) fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
     /// The body as JSON (the echo's, the gate's errors).
-    pub(super) fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\n\n{}", self.head, self.text()))
     }
 
-    pub(super) fn chunked(&self) -> bool {
+    pub(crate) fn chunked(&self) -> bool {
         self.headers("transfer-encoding")
             .iter()
             .any(|v| v.eq_ignore_ascii_case("chunked"))
@@ -64,11 +67,11 @@ impl Answer {
 
     /// The upstream echo's view of the request: its path, and the one value
     /// of a header it received.
-    pub(super) fn echoed_path(&self) -> String {
+    pub(crate) fn echoed_path(&self) -> String {
         self.json()["path"].as_str().unwrap_or_default().to_owned()
     }
 
-    pub(super) fn echoed_header(&self, name: &str) -> Vec<String> {
+    pub(crate) fn echoed_header(&self, name: &str) -> Vec<String> {
         self.json()["headers"][name]
             .as_array()
             .map(|v| {
@@ -79,8 +82,30 @@ impl Answer {
             .unwrap_or_default()
     }
 
+    /// Header lines as `name: value`, names in lower case, sorted; `date`
+    /// and `x-request-id` (different on every answer) and those in `masked`
+    /// only by name.
+    pub(crate) fn normalized_headers(&self, masked: &[&str]) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| {
+                let n = n.trim().to_ascii_lowercase();
+                if ["date", "x-request-id"].contains(&n.as_str()) || masked.contains(&n.as_str()) {
+                    format!("{n}: *")
+                } else {
+                    format!("{n}: {}", v.trim())
+                }
+            })
+            .collect();
+        lines.sort();
+        lines
+    }
+
     /// The one `Connection` value is `value` (in any case).
-    pub(super) fn assert_connection(&self, value: &str, what: &str) {
+    pub(crate) fn assert_connection(&self, value: &str, what: &str) {
         assert!(
             self.one("connection").eq_ignore_ascii_case(value),
             "{what}: not connection: {value}:\n{}",
@@ -89,12 +114,12 @@ impl Answer {
     }
 
     /// The answer says `connection: close`.
-    pub(super) fn assert_closes(&self, what: &str) {
+    pub(crate) fn assert_closes(&self, what: &str) {
         self.assert_connection("close", what);
     }
 
     /// The answer keeps the connection: no `Connection` value is `close`.
-    pub(super) fn assert_keeps(&self, what: &str) {
+    pub(crate) fn assert_keeps(&self, what: &str) {
         assert!(
             self.headers("connection")
                 .iter()
@@ -106,20 +131,20 @@ impl Answer {
 }
 
 /// A client's byte stream: plain TCP or TLS.
-pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// A client connection to the gate that reads answers one by one, keeping
 /// whatever arrived beyond the current one for the next.
-pub(super) struct Conn {
+pub(crate) struct Conn {
     io: Box<dyn Io>,
     buf: Vec<u8>,
 }
 
 impl Conn {
     /// Plain TCP to a plain-HTTP gate.
-    pub(super) async fn open(port: u16) -> Conn {
+    pub(crate) async fn open(port: u16) -> Conn {
         let tcp = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect to the gate");
@@ -128,18 +153,32 @@ impl Conn {
     }
 
     /// TLS to an HTTPS gate, HTTP/1.1 by ALPN.
-    pub(super) async fn tls(w: &World) -> Conn {
+    pub(crate) async fn tls(w: &World) -> Conn {
         Conn::on(tls_connect(w, &["http/1.1"]).await)
     }
 
-    pub(super) fn on(io: impl Io + 'static) -> Conn {
+    /// TLS to the HTTPS gate on `port` of `pki`'s world (server name
+    /// `localhost`), HTTP/1.1 by ALPN.
+    pub(crate) async fn tls_to(pki: &TestPki, port: u16) -> Conn {
+        let tcp = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect to the gate");
+        let connector = tokio_rustls::TlsConnector::from(pki.rustls_client_config(&["http/1.1"]));
+        let io = connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .expect("TLS handshake with the gate");
+        Conn::on(io)
+    }
+
+    pub(crate) fn on(io: impl Io + 'static) -> Conn {
         Conn {
             io: Box::new(io),
             buf: Vec::new(),
         }
     }
 
-    pub(super) async fn send(&mut self, bytes: impl AsRef<[u8]>) {
+    pub(crate) async fn send(&mut self, bytes: impl AsRef<[u8]>) {
         self.io
             .write_all(bytes.as_ref())
             .await
@@ -258,32 +297,41 @@ impl Conn {
 
     /// The next answer (to a `HEAD` when `head_request`); fails the test if
     /// none comes within [`ANSWER_LIMIT`].
-    pub(super) async fn answer_to(&mut self, head_request: bool, what: &str) -> Answer {
+    pub(crate) async fn answer_to(&mut self, head_request: bool, what: &str) -> Answer {
         tokio::time::timeout(ANSWER_LIMIT, self.read_answer(head_request))
             .await
             .unwrap_or_else(|_| panic!("{what}: no answer within {ANSWER_LIMIT:?}"))
             .unwrap_or_else(|e| panic!("{what}: {e}"))
     }
 
-    pub(super) async fn answer(&mut self, what: &str) -> Answer {
+    pub(crate) async fn answer(&mut self, what: &str) -> Answer {
         self.answer_to(false, what).await
     }
 
     /// Sends `request` and reads its answer.
-    pub(super) async fn exchange(&mut self, request: &str, what: &str) -> Answer {
+    pub(crate) async fn exchange(&mut self, request: &str, what: &str) -> Answer {
         self.send(request).await;
         self.answer(what).await
     }
 
+    /// Sends the raw `request` (a head and any body) and reads its answer
+    /// (to a `HEAD` when `head_request`), named by its request line.
+    pub(crate) async fn exchange_bytes(&mut self, request: &[u8], head_request: bool) -> Answer {
+        let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
+        let what = String::from_utf8_lossy(line).into_owned();
+        self.send(request).await;
+        self.answer_to(head_request, &what).await
+    }
+
     /// Bytes that arrive within `d` (none, when the connection is in step).
-    pub(super) async fn stray_bytes(&mut self, d: Duration) -> Vec<u8> {
+    pub(crate) async fn stray_bytes(&mut self, d: Duration) -> Vec<u8> {
         let _ = tokio::time::timeout(d, async { while self.fill().await {} }).await;
         std::mem::take(&mut self.buf)
     }
 
     /// Reads until the gate closes the connection: the bytes that came
     /// first, or `None` if it was still open after `limit`.
-    pub(super) async fn closed_within(&mut self, limit: Duration) -> Option<Vec<u8>> {
+    pub(crate) async fn closed_within(&mut self, limit: Duration) -> Option<Vec<u8>> {
         tokio::time::timeout(limit, async { while self.fill().await {} })
             .await
             .ok()
@@ -292,21 +340,21 @@ impl Conn {
 
     /// The gate closes the connection within [`CLOSE_LIMIT`], sending
     /// nothing more.
-    pub(super) async fn assert_closed_with_nothing_more(&mut self, what: &str) {
+    pub(crate) async fn assert_closed_with_nothing_more(&mut self, what: &str) {
         let rest = self.closed_within(CLOSE_LIMIT).await;
         assert_eq!(rest.as_deref(), Some(&[][..]), "{what}");
     }
 
     /// `a` says `connection: close`, and then the gate closes the connection
     /// with nothing more.
-    pub(super) async fn assert_ends_with(&mut self, a: &Answer, what: &str) {
+    pub(crate) async fn assert_ends_with(&mut self, a: &Answer, what: &str) {
         a.assert_closes(what);
         self.assert_closed_with_nothing_more(what).await;
     }
 }
 
 /// `method path` with `Host` and the extra header lines; kept alive.
-pub(super) fn request(method: &str, path: &str, port: u16, lines: &[String]) -> String {
+pub(crate) fn request(method: &str, path: &str, port: u16, lines: &[String]) -> String {
     let mut r = format!("{method} {path} HTTP/1.1\r\nHost: localhost:{port}\r\n");
     for line in lines {
         r.push_str(line);
@@ -317,12 +365,12 @@ pub(super) fn request(method: &str, path: &str, port: u16, lines: &[String]) -> 
 }
 
 /// The header lines of an API client with a session.
-pub(super) fn signed_in(cookie: &str) -> Vec<String> {
+pub(crate) fn signed_in(cookie: &str) -> Vec<String> {
     vec![JSON.to_owned(), format!("Cookie: {cookie}")]
 }
 
 /// `lines` and one more.
-pub(super) fn with(lines: &[String], more: &str) -> Vec<String> {
+pub(crate) fn with(lines: &[String], more: &str) -> Vec<String> {
     let mut v = lines.to_vec();
     v.push(more.to_owned());
     v
@@ -330,7 +378,7 @@ pub(super) fn with(lines: &[String], more: &str) -> Vec<String> {
 
 /// A forwarded answer from the echo: 200, for `path`, with one request id
 /// that the upstream received as well.
-pub(super) fn assert_echo(a: &Answer, path: &str, what: &str) {
+pub(crate) fn assert_echo(a: &Answer, path: &str, what: &str) {
     assert_eq!(a.version, "HTTP/1.1", "{what}: {}", a.head);
     assert_eq!(a.status, 200, "{what}: {}\n\n{}", a.head, a.text());
     assert_eq!(a.echoed_path(), path, "{what}");
@@ -343,7 +391,7 @@ pub(super) fn assert_echo(a: &Answer, path: &str, what: &str) {
 }
 
 /// The paths of the requests the upstream received, in order.
-pub(super) fn forwarded_paths(upstream: &Upstream) -> Vec<String> {
+pub(crate) fn forwarded_paths(upstream: &Upstream) -> Vec<String> {
     upstream
         .requests()
         .iter()

@@ -105,6 +105,7 @@ impl App {
                 body_idle_timeout: config.limits.body_idle_timeout,
                 trusted_proxies: config.trusted_proxies.clone(),
                 websockets_open: metrics.websockets_open.clone(),
+                upstream_opened: metrics.upstream_opened.clone(),
             },
         )?;
         let state = State {

@@ -101,6 +101,8 @@ pub struct ClientPolicy {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `ssogate_websockets_open`.
     pub websockets_open: metrics::Gauge,
+    /// `ssogate_upstream_connections_opened_total`.
+    pub upstream_opened: pool::Opened,
 }
 
 /// What the router tells the proxy about one request.
@@ -152,7 +154,7 @@ impl Proxy {
             None => host.to_string(),
         };
         Ok(Self {
-            pool: Pool::new(upstream, tls, http2)?,
+            pool: Pool::new(upstream, tls, http2, clients.upstream_opened)?,
             http2,
             base_path,
             proto: HeaderValue::from_static(if server_url.scheme() == "https" {

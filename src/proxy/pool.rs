@@ -242,6 +242,24 @@ pub struct Pool {
     tls: Option<Tls>,
     /// Tells this upstream's connections apart on a thread.
     id: u64,
+    opened: Opened,
+}
+
+/// Counts the connections opened (`ssogate_upstream_connections_opened_total`).
+#[derive(Clone, Debug)]
+pub struct Opened {
+    pub http1: metrics::Counter,
+    pub http2: metrics::Counter,
+}
+
+impl Opened {
+    /// Counting nothing (tests).
+    pub fn noop() -> Self {
+        Opened {
+            http1: metrics::Counter::noop(),
+            http2: metrics::Counter::noop(),
+        }
+    }
 }
 
 /// How an `https` upstream is reached: one set-up offering `http/1.1` by
@@ -257,7 +275,12 @@ static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 impl Pool {
     /// `tls` is used when `upstream` is `https`; `h2`: connections may
     /// also be opened for HTTP/2 ([`Pool::open`]).
-    pub fn new(upstream: &Url, tls: rustls::ClientConfig, h2: bool) -> Result<Self, ProxyError> {
+    pub fn new(
+        upstream: &Url,
+        tls: rustls::ClientConfig,
+        h2: bool,
+        opened: Opened,
+    ) -> Result<Self, ProxyError> {
         let host = upstream.host().ok_or(ProxyError::Uri)?.to_owned();
         let port = upstream.port_or_known_default().ok_or(ProxyError::Uri)?;
         let tls = match upstream.scheme() {
@@ -287,6 +310,7 @@ impl Pool {
             port,
             tls,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            opened,
         })
     }
 
@@ -373,10 +397,17 @@ impl Pool {
             }
             Ok::<_, std::io::Error>(Stream::Tls(Box::new(stream)))
         };
-        tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| ProxyError::Connect("timed out".into()))?
-            .map_err(|e| ProxyError::Connect(e.into()))
+            .map_err(|e| ProxyError::Connect(e.into()))?;
+        if h2 {
+            &self.opened.http2
+        } else {
+            &self.opened.http1
+        }
+        .increment(1);
+        Ok(stream)
     }
 
     /// Tells this upstream apart from others on a thread.

@@ -15,6 +15,7 @@
 //! | `ssogate_sessions_ended_total` | `cause`: sign_out, backchannel, refresh_refused, expired, max_age |
 //! | `ssogate_websockets_open` | gauge |
 //! | `ssogate_jwks_fetches_total` | key sets fetched from providers |
+//! | `ssogate_upstream_connections_opened_total` | `protocol`: http1, http2 |
 //! | `ssogate_build_info` | `version`; always 1 |
 
 mod per_thread;
@@ -88,6 +89,8 @@ pub struct Metrics {
     pub websockets_open: Gauge,
     pub jwks_fetches: Counter,
     handovers: [Counter; Handover::ALL.len()],
+    /// Upstream connections opened, over HTTP/1.1 and over HTTP/2.
+    pub upstream_opened: crate::proxy::pool::Opened,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -148,6 +151,16 @@ impl Metrics {
             jwks_fetches: r.counter("ssogate_jwks_fetches_total", &[]),
             handovers: Handover::ALL
                 .map(|why| r.counter("ssogate_http1_handovers_total", &[("reason", why.as_str())])),
+            upstream_opened: crate::proxy::pool::Opened {
+                http1: r.counter(
+                    "ssogate_upstream_connections_opened_total",
+                    &[("protocol", "http1")],
+                ),
+                http2: r.counter(
+                    "ssogate_upstream_connections_opened_total",
+                    &[("protocol", "http2")],
+                ),
+            },
             handle: recorder.handle(),
         };
         // Every counter shows from the first scrape, at 0.
@@ -156,6 +169,10 @@ impl Metrics {
             .iter()
             .chain(&metrics.ended)
             .chain(&metrics.handovers)
+            .chain([
+                &metrics.upstream_opened.http1,
+                &metrics.upstream_opened.http2,
+            ])
         {
             c.increment(0);
         }

@@ -18,7 +18,7 @@ mod answers;
 mod bodies;
 mod clients;
 pub(super) mod conn;
-mod coverage;
+pub(super) mod coverage;
 mod keep_alive;
 mod raw_upstream;
 mod requests;

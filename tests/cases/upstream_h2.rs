@@ -1168,3 +1168,54 @@ async fn an_http1_only_upstream_gives_502_without_a_hang() {
     );
     task.abort();
 }
+
+/// `ssogate_upstream_connections_opened_total{protocol="<protocol>"}`.
+fn opened(scrape: &str, protocol: &str) -> f64 {
+    let series = format!("ssogate_upstream_connections_opened_total{{protocol=\"{protocol}\"}} ");
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series}in\n{scrape}"))
+}
+
+/// The operator sees how many upstream connections the gate opened, by
+/// protocol: over HTTP/1.1 the requests of one client connection reuse one
+/// upstream connection; over HTTP/2 each thread that serves them keeps one
+/// (here the test runtime's two workers, between which the request's task
+/// may move), and none is HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_count_upstream_connections_opened_by_protocol() {
+    let w = crate::cases::hostile::plain_world(&[]).await;
+    let cookie = crate::cases::hostile::session_cookie(false, "alice");
+    let auth = [format!("Cookie: {cookie}")];
+    for (http2, want_http1, want_http2) in
+        [(false, 1.0..=1.0, 0.0..=0.0), (true, 0.0..=0.0, 1.0..=2.0)]
+    {
+        let (listener, url) = reserve(false).await;
+        let mut vars = base_vars(&url, &w.upstream.url, &w.idp.issuer, &w.pki, false);
+        vars.push(("CT_UPSTREAM_HTTP2".into(), http2.to_string()));
+        let (gate, metrics) = Gate::start_with_metrics(listener, url, vars).await.unwrap();
+        let before = super::fast_path::coverage::scrape(metrics).await;
+        assert_eq!(opened(&before, "http1"), 0.0, "{before}");
+        assert_eq!(opened(&before, "http2"), 0.0, "{before}");
+        let mut c = Conn::open(gate.port).await;
+        for n in 0..10 {
+            let a = c
+                .exchange(
+                    &super::fast_path::conn::request("GET", &format!("/n/{n}"), gate.port, &auth),
+                    "signed in",
+                )
+                .await;
+            assert_eq!(a.status, 200, "{}", a.head);
+        }
+        let after = super::fast_path::coverage::scrape(metrics).await;
+        assert!(
+            want_http1.contains(&opened(&after, "http1")),
+            "http2={http2}: {after}"
+        );
+        assert!(
+            want_http2.contains(&opened(&after, "http2")),
+            "http2={http2}: {after}"
+        );
+    }
+}

@@ -252,7 +252,7 @@ fn pool_h2(target: &url::Url) -> Pool {
     .unwrap()
     .with_root_certificates(rustls::RootCertStore::empty())
     .with_no_client_auth();
-    Pool::new(target, tls, true).unwrap()
+    Pool::new(target, tls, true, crate::proxy::pool::Opened::noop()).unwrap()
 }
 
 async fn get(pool: &Pool) -> (http::StatusCode, Bytes) {

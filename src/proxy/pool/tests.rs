@@ -82,7 +82,7 @@ fn pool(target: &Url) -> Pool {
     .unwrap()
     .with_root_certificates(rustls::RootCertStore::empty())
     .with_no_client_auth();
-    Pool::new(target, tls, false).unwrap()
+    Pool::new(target, tls, false, Opened::noop()).unwrap()
 }
 
 /// A request without a body, as it goes on the wire.

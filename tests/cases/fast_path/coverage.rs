@@ -35,7 +35,7 @@ const REASONS: [&str; 11] = [
     "header",
 ];
 
-async fn scrape(addr: std::net::SocketAddr) -> String {
+pub(crate) async fn scrape(addr: std::net::SocketAddr) -> String {
     let resp = reqwest::Client::builder()
         .no_proxy()
         .build()

@@ -14,7 +14,7 @@ shift || true
 if [ "$#" -gt 0 ]; then
   targets=("$@")
 else
-  targets=(cookie_codec return_to path h1_answer config framing fast_path ws_frames)
+  targets=(cookie_codec return_to path h1_answer config framing fast_path ws_frames h2_request)
 fi
 # Extra cargo-fuzz build flags, e.g. FUZZ_FLAGS="-O" for an optimised build.
 read -r -a flags <<<"${FUZZ_FLAGS:---dev}"

@@ -403,6 +403,10 @@ fn request_of(scheme: &Scheme, head: &[u8]) -> Result<Request<()>, H2Error> {
     for h in parsed {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"host") {
+            // The gate writes one `Host`, its own (the client's never goes on).
+            if authority.is_some() {
+                return Err(H2Error::Request("two hosts"));
+            }
             authority = Some(
                 Authority::from_maybe_shared(fields.slice_ref(h.value))
                     .map_err(|_| H2Error::Request("bad host"))?,
@@ -452,6 +456,23 @@ fn name_of(name: &[u8]) -> Result<HeaderName, H2Error> {
         return Ok(own.clone());
     }
     HeaderName::from_bytes(name).map_err(|_| H2Error::Request("bad header"))
+}
+
+/// What [`request_for_fuzzing`] made of a head: method, URI and headers.
+#[doc(hidden)]
+pub type Fuzzed = (String, String, Vec<(String, Vec<u8>)>);
+
+/// [`request_of`] for the `h2_request` fuzz target: the request's method,
+/// URI and header lines, or why it is refused.
+#[doc(hidden)]
+pub fn request_for_fuzzing(head: &[u8]) -> Result<Fuzzed, String> {
+    let req = request_of(&Scheme::HTTP, head).map_err(|e| e.to_string())?;
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect();
+    Ok((req.method().to_string(), req.uri().to_string(), headers))
 }
 
 /// Headers HTTP/2 forbids (RFC 9113 §8.2.2): they describe an HTTP/1.1

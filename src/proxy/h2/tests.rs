@@ -102,6 +102,11 @@ fn a_head_without_host_or_that_does_not_parse_is_refused() {
         request_of(&Scheme::HTTP, cut),
         Err(H2Error::Request(_))
     ));
+    let two_hosts = b"GET / HTTP/1.1\r\nhost: a\r\nHost: b\r\n\r\n";
+    assert!(matches!(
+        request_of(&Scheme::HTTP, two_hosts),
+        Err(H2Error::Request("two hosts"))
+    ));
     let bad_host = b"GET / HTTP/1.1\r\nhost: a b\r\n\r\n";
     assert!(matches!(
         request_of(&Scheme::HTTP, bad_host),

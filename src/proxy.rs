@@ -206,8 +206,13 @@ impl Proxy {
             let (mut parts, body) = resp?.into_parts();
             headers::from_upstream(&mut parts.headers, false);
             let length = h1::content_length(&parts.headers);
-            let bodiless = head || matches!(parts.status.as_u16(), 100..=199 | 204 | 304);
-            let body = follow_session(body, length, bodiless, guard, Body::boxed);
+            let body = follow_session(
+                body,
+                length,
+                bodiless(head, parts.status),
+                guard,
+                Body::boxed,
+            );
             return Ok(Response::from_parts(parts, body));
         }
         let resp: Response<h1::Answer> = self
@@ -243,7 +248,7 @@ impl Proxy {
         let (mut parts, body) = resp.into_parts();
         headers::from_upstream(&mut parts.headers, false);
         let length = h1::content_length(&parts.headers);
-        let bodiless = head || matches!(parts.status.as_u16(), 100..=199 | 204 | 304);
+        let bodiless = bodiless(head, parts.status);
         Ok(Response::from_parts(
             parts,
             follow_session(body, length, bodiless, guard, Body::Answer),
@@ -277,8 +282,7 @@ impl Proxy {
             let resp = h2::send(&self.pool, &wire.0, body).await;
             drop(wire);
             let (parts, body) = resp?.into_parts();
-            let bodiless =
-                req.method == b"HEAD" || matches!(parts.status.as_u16(), 100..=199 | 204 | 304);
+            let bodiless = bodiless(req.method == b"HEAD", parts.status);
             let head = h1::AnswerHead::of_map(parts.status, &parts.headers, bodiless);
             let body = follow_session(body, head.length, head.bodiless, guard, Body::boxed);
             return Ok((head, body));
@@ -317,6 +321,14 @@ impl Proxy {
             request_id: fwd.request_id,
         }
     }
+}
+
+/// Whether an answer has no body whatever its headers say: the answer to a
+/// `HEAD` (`head_request`), an interim one, 204 or 304.
+fn bodiless(head_request: bool, status: StatusCode) -> bool {
+    head_request
+        || status.is_informational()
+        || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
 }
 
 /// An answer's body, tied to its session when it is long: streams of

@@ -438,4 +438,4 @@ impl Pool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -250,14 +250,7 @@ async fn upstream_h2(streams: u32, hold: bool) -> Held {
 }
 
 fn pool_h2(target: &url::Url) -> Pool {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth();
-    Pool::new(target, tls, true, crate::proxy::pool::Opened::noop()).unwrap()
+    crate::proxy::pool::tests::pool_for(target, true)
 }
 
 async fn get(pool: &Pool) -> (http::StatusCode, Bytes) {

@@ -75,6 +75,12 @@ async fn upstream(after: After) -> (Url, Arc<AtomicUsize>) {
 }
 
 fn pool(target: &Url) -> Pool {
+    pool_for(target, false)
+}
+
+/// A pool for `target` without extra roots; `h2`: it may open HTTP/2
+/// connections (the `h2` module's tests).
+pub(in crate::proxy) fn pool_for(target: &Url, h2: bool) -> Pool {
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -82,7 +88,7 @@ fn pool(target: &Url) -> Pool {
     .unwrap()
     .with_root_certificates(rustls::RootCertStore::empty())
     .with_no_client_auth();
-    Pool::new(target, tls, false, Opened::noop()).unwrap()
+    Pool::new(target, tls, h2, Opened::noop()).unwrap()
 }
 
 /// A request without a body, as it goes on the wire.

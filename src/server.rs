@@ -256,6 +256,9 @@ fn worker(
                 }
             });
             runtime.shutdown_timeout(Duration::from_millis(200));
+            // Before the main thread hears it is done (and may exit): the
+            // thread's own teardown would write these too late.
+            crate::telemetry::log_sink::flush();
             let _ = finished.send(());
         })?;
     Ok(done)

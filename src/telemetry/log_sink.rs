@@ -14,7 +14,8 @@
 //! that matters waits. Lines of different threads interleave whole, as
 //! before. Every other thread (start-up, blocking tasks, tests) writes each
 //! line at once, as before; at exit the binary flushes its own thread, and
-//! a serving thread's lines are written when it ends.
+//! a serving thread flushes its lines before it tells the main thread it
+//! has ended (so they are out before the process exits).
 //!
 //! What a crash can lose: the info lines a thread gathered since it last
 //! ran out of work. A panic's message goes to standard error directly.

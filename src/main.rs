@@ -53,7 +53,8 @@ fn main() -> ExitCode {
         }
         match App::build(config).await {
             Ok(app) => {
-                app.run(shutdown_signal()).await;
+                let shutdown = shutdown_signal();
+                app.run(shutdown).await;
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -69,22 +70,31 @@ fn main() -> ExitCode {
     code
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Registers for SIGINT and SIGTERM at once, and resolves at the first of
+/// them. Registering here, before the gate serves, matters: had it waited for
+/// the first poll, a signal between "serving threads answer" and "the main
+/// accept loop polls this" would meet the default action and kill the
+/// process instead of draining it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            let first = async |s: std::io::Result<tokio::signal::unix::Signal>| match s {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            };
+            tokio::select! { () = first(interrupt) => {}, () = first(terminate) => {} }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    }
 }

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use crate::request_body::RequestBody;
 use http::{Request, Response, header};
-use tracing::Instrument as _;
 
 pub mod fast;
 
@@ -28,7 +27,7 @@ use crate::routes;
 use crate::session::refresh::SingleFlight;
 use crate::session::{LoginStates, Recent, Session, Store};
 use crate::telemetry::metrics::{Metrics, Outcome};
-use crate::telemetry::request_id;
+use crate::telemetry::{request_id, request_log};
 
 /// Everything a request may need, built once at startup.
 pub struct State {
@@ -95,13 +94,8 @@ pub async fn handle(
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let start = Instant::now();
     let id = request_id::of(req.headers());
-    let span = tracing::info_span!(
-        "request",
-        method = %req.method(),
-        path = %req.uri().path(),
-        request_id = id.as_str(),
-        sub = tracing::field::Empty,
-    );
+    let mut scope =
+        request_log::Scope::start(req.method().as_str().as_bytes(), req.uri().path(), &id);
     let note = Note::default();
     let cx = Context {
         conn: &conn,
@@ -110,11 +104,11 @@ pub async fn handle(
         request_id: id.made(),
     };
     let routed = route(&state, req, &cx);
-    // A disabled span (the level is off) is not worth moving the future for.
-    let mut resp = if span.is_disabled() {
+    // Without request lines (the level is off) the future is not wrapped.
+    let mut resp = if scope.is_none() {
         routed.await
     } else {
-        routed.instrument(span.clone()).await
+        request_log::InScope::new(routed, &mut scope).await
     };
     resp.headers_mut()
         .insert(request_id::X_REQUEST_ID, id.into_value());
@@ -130,12 +124,13 @@ pub async fn handle(
         elapsed.saturating_sub(upstream.unwrap_or_default()),
         upstream,
     );
-    let _enter = span.enter();
-    tracing::info!(
-        status = resp.status().as_u16(),
-        latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-        "request"
-    );
+    if let Some(scope) = &scope {
+        request_log::finish(
+            scope,
+            resp.status().as_u16(),
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        );
+    }
     Ok(resp)
 }
 
@@ -296,7 +291,7 @@ async fn route(
         identity,
     ) {
         (Decision::Allow, Some((identity, expires_at))) => {
-            tracing::Span::current().record("sub", identity.sub.as_str());
+            request_log::record_sub(&identity.sub);
             forward(
                 state,
                 req,
@@ -322,7 +317,7 @@ async fn with_session(
     navigation: bool,
     now: u64,
 ) -> Response<Body> {
-    tracing::Span::current().record("sub", session.identity.sub.as_str());
+    request_log::record_sub(&session.identity.sub);
     let expired = if navigation {
         Decision::SignIn
     } else {

@@ -1,14 +1,19 @@
 //! Logging: tracing-subscriber filtered by `RUST_LOG` (default `info`), as
-//! text or JSON (`CT_LOG_FORMAT`). Request lines carry method, path (no
-//! query), status, latency, the request id and the user's `sub`; never a
-//! token or cookie. Serving threads write their lines in batches
-//! ([`log_sink`]).
+//! text or JSON (`CT_LOG_FORMAT`; [`text_format`], [`json_format`]).
+//! Request lines carry method, path (no query), status, latency, the request
+//! id and the user's `sub`; never a token or cookie ([`request_log`]).
+//! Serving threads write their lines in batches ([`log_sink`]).
 
 pub mod exporter;
+pub mod json_format;
 pub mod log_sink;
 pub mod metrics;
 pub mod request_id;
+pub mod request_log;
 pub mod text_format;
+
+#[cfg(test)]
+pub(crate) mod test_support;
 
 use tracing_subscriber::EnvFilter;
 
@@ -22,18 +27,18 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_writer(log_sink::Sink)
         .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi);
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
-        LogFormat::Text if !ansi => builder
-            .fmt_fields(text_format::PlainFields)
-            .event_format(text_format::Plain)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
+        .fmt_fields(text_format::PlainFields);
+    let (installed, format) = match format {
+        LogFormat::Json => (
+            builder.event_format(json_format::Json).try_init(),
+            request_log::Format::Json,
+        ),
+        LogFormat::Text => (
+            builder.event_format(text_format::Plain { ansi }).try_init(),
+            request_log::Format::Text { ansi },
+        ),
     };
+    if installed.is_ok() {
+        request_log::set_format(format);
+    }
 }

@@ -16,8 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use tracing::Instrument as _;
-
 use super::{ClientConn, Note, State, Tie, forward_failed};
 use crate::fields::Fields;
 use crate::gate::{self, Credential, Decision};
@@ -27,6 +25,7 @@ use crate::proxy::h1::AnswerHead;
 use crate::respond::{self, Body};
 use crate::telemetry::metrics::Outcome;
 use crate::telemetry::request_id::RequestId;
+use crate::telemetry::request_log;
 
 /// A request head the server parsed in place, with what it checked: an
 /// HTTP/1.1 request in origin form whose path is already normal and not the
@@ -123,19 +122,13 @@ pub async fn forward(
     id: &RequestId,
 ) -> Answered {
     let start = Instant::now();
-    let span = tracing::info_span!(
-        "request",
-        method = String::from_utf8_lossy(req.method).as_ref(),
-        path = req.path,
-        request_id = id.as_str(),
-        sub = tracing::field::Empty,
-    );
+    let mut scope = request_log::Scope::start(req.method, req.path, id);
     let note = Note::default();
     let forwarded = forward_noted(state, conn, req, body, admitted, id, &note);
-    let answered = if span.is_disabled() {
+    let answered = if scope.is_none() {
         forwarded.await
     } else {
-        forwarded.instrument(span.clone()).await
+        request_log::InScope::new(forwarded, &mut scope).await
     };
     let status = match &answered {
         Answered::Upstream(head, _) => head.status,
@@ -148,12 +141,13 @@ pub async fn forward(
         elapsed.saturating_sub(upstream.unwrap_or_default()),
         upstream,
     );
-    let _enter = span.enter();
-    tracing::info!(
-        status = status.as_u16(),
-        latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-        "request"
-    );
+    if let Some(scope) = &scope {
+        request_log::finish(
+            scope,
+            status.as_u16(),
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        );
+    }
     answered
 }
 
@@ -167,7 +161,7 @@ async fn forward_noted(
     note: &Note,
 ) -> Answered {
     if let Some(identity) = tie.identity() {
-        tracing::Span::current().record("sub", identity.sub.as_str());
+        request_log::record_sub(&identity.sub);
     }
     let sent = Instant::now();
     let forwarded = state

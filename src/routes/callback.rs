@@ -166,7 +166,7 @@ pub async fn callback(state: &State, req: &Request<RequestBody>) -> Response<Bod
         state.metrics.sign_in_failed(SignInFailure::Internal);
         return with_cookies(Failure::Internal.respond(html), cookies);
     }
-    tracing::Span::current().record("sub", session.identity.sub.as_str());
+    crate::telemetry::request_log::record_sub(&session.identity.sub);
     tracing::info!(sub = %session.identity.sub, option = %session.option, "signed in");
     state.metrics.sign_ins.increment(1);
     with_cookies(respond::redirect(&st.return_to), cookies)

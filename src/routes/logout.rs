@@ -17,7 +17,7 @@ pub fn logout(state: &State, req: &Request<RequestBody>) -> Response<Body> {
     let Some(session) = session else {
         return with_cookies(signed_out(), cookies);
     };
-    tracing::Span::current().record("sub", session.identity.sub.as_str());
+    crate::telemetry::request_log::record_sub(&session.identity.sub);
     // Sign-out holds: a copy of the cookie replayed later is refused until
     // it would have expired anyway, and live connections close now.
     let now = crate::clock::now();

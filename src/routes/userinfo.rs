@@ -50,7 +50,7 @@ pub async fn userinfo(state: &State, req: &Request<RequestBody>) -> Response<Bod
         },
     };
     if let Some((id, _)) = &found {
-        tracing::Span::current().record("sub", id.sub.as_str());
+        crate::telemetry::request_log::record_sub(&id.sub);
     }
     let resp = match found {
         Some((id, expires_at)) => respond::json(

@@ -87,6 +87,12 @@ fn write_out(lines: &mut Vec<u8>) {
     lines.clear();
 }
 
+/// Writes an info line made outside tracing (the request log's), gathered
+/// as the fmt layer's info lines are.
+pub fn write_info(line: &[u8]) {
+    let _ = Line { urgent: false }.write_all(line);
+}
+
 /// The fmt layer's writer factory (`tracing_subscriber::fmt().with_writer`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sink;

@@ -6,8 +6,10 @@
 //! and formats the whole timestamp for every line; here nothing is styled
 //! ([`PlainFields`] for the fields of spans and events, [`Plain`] for the
 //! line), and only the microseconds of the timestamp are written each time
-//! (its text up to the second is kept per thread). With colours (a person
-//! at a terminal) the default format is used.
+//! (its text up to the second is kept per thread). For a person at a
+//! terminal the level is coloured, nothing else. A line logged while a
+//! request is handled carries the request's context
+//! ([`super::request_log`]) where a span's would be.
 
 use std::cell::Cell;
 use std::fmt;
@@ -21,9 +23,13 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
-/// The plain text line.
+use super::request_log;
+
+/// The plain text line; with `ansi`, the level is coloured.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Plain;
+pub struct Plain {
+    pub ansi: bool,
+}
 
 impl<S, N> FormatEvent<S, N> for Plain
 where
@@ -37,14 +43,15 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         timestamp(&mut writer, SystemTime::now())?;
-        writer.write_str(match *event.metadata().level() {
-            Level::TRACE => " TRACE ",
-            Level::DEBUG => " DEBUG ",
-            Level::INFO => "  INFO ",
-            Level::WARN => "  WARN ",
-            Level::ERROR => " ERROR ",
-        })?;
-        if let Some(scope) = ctx.event_scope() {
+        writer.write_char(' ')?;
+        write_level(&mut writer, *event.metadata().level(), self.ansi)?;
+        writer.write_char(' ')?;
+        let in_request = request_log::with_current(|r| r.write_text(&mut writer)).transpose()?;
+        let spans = ctx.event_scope();
+        if in_request.is_some() && spans.is_none() {
+            writer.write_char(' ')?;
+        }
+        if let Some(scope) = spans {
             for span in scope.from_root() {
                 writer.write_str(span.name())?;
                 let extensions = span.extensions();
@@ -89,12 +96,7 @@ impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
             self.record_debug(field, &format_args!("{value}"));
-        } else if value
-            .bytes()
-            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-        {
-            // What `Debug` writes for printable ASCII without `"` or `\`,
-            // without its per-character escaping.
+        } else if is_plain(value) {
             self.record_debug(field, &format_args!("\"{value}\""));
         } else {
             self.record_debug(field, &value);
@@ -147,13 +149,51 @@ impl fmt::Display for Sources<'_> {
     }
 }
 
+/// Printable ASCII without `"` or `\\`: what `Debug` writes quoted but
+/// otherwise as it is, so it can be written without its per-character
+/// escaping.
+fn is_plain(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+}
+
+/// Writes a string field's value as the default format does: `Debug`,
+/// quoted and escaped.
+pub(crate) fn write_str_value(w: &mut impl fmt::Write, value: &str) -> fmt::Result {
+    if is_plain(value) {
+        w.write_char('"')?;
+        w.write_str(value)?;
+        w.write_char('"')
+    } else {
+        write!(w, "{value:?}")
+    }
+}
+
+/// Writes the level, five wide and right-aligned (`" INFO"`); with `ansi`,
+/// in the default format's colour for it.
+pub(crate) fn write_level(w: &mut impl fmt::Write, level: Level, ansi: bool) -> fmt::Result {
+    let (name, colour) = match level {
+        Level::TRACE => ("TRACE", "35"),
+        Level::DEBUG => ("DEBUG", "34"),
+        Level::INFO => (" INFO", "32"),
+        Level::WARN => (" WARN", "33"),
+        Level::ERROR => ("ERROR", "31"),
+    };
+    if ansi {
+        write!(w, "\x1b[{colour}m{name}\x1b[0m")
+    } else {
+        w.write_str(name)
+    }
+}
+
 thread_local! {
     /// `YYYY-MM-DDTHH:MM:SS.` of the second last written, and that second.
     static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
 }
 
 /// `2026-12-07T13:58:07.334585Z` (RFC 3339, UTC, microseconds).
-fn timestamp(w: &mut Writer<'_>, now: SystemTime) -> fmt::Result {
+pub(crate) fn timestamp(w: &mut impl fmt::Write, now: SystemTime) -> fmt::Result {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (cached, mut prefix) = SECOND.get();
@@ -182,47 +222,8 @@ fn timestamp(w: &mut Writer<'_>, now: SystemTime) -> fmt::Result {
 
 #[cfg(test)]
 mod tests {
-    use std::io;
-    use std::sync::{Arc, Mutex};
-
-    use tracing_subscriber::fmt::MakeWriter;
-
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Captured {
-        type Writer = Captured;
-        fn make_writer(&'a self) -> Captured {
-            self.clone()
-        }
-    }
-
-    #[derive(Debug)]
-    struct Outer(std::io::Error);
-
-    impl fmt::Display for Outer {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("cannot reach the upstream")
-        }
-    }
-
-    impl std::error::Error for Outer {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            Some(&self.0)
-        }
-    }
+    use crate::telemetry::test_support::{Captured, Outer};
 
     /// A request's span and lines of every level, as the gate logs them.
     fn log_some() {
@@ -263,13 +264,14 @@ mod tests {
             .with_target(false)
             .with_ansi(false);
         if with_plain {
-            let builder = builder.fmt_fields(PlainFields).event_format(Plain);
+            let builder = builder
+                .fmt_fields(PlainFields)
+                .event_format(Plain::default());
             tracing::subscriber::with_default(builder.finish(), log_some);
         } else {
             tracing::subscriber::with_default(builder.finish(), log_some);
         }
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        text.lines().map(str::to_owned).collect()
+        out.lines()
     }
 
     #[test]

@@ -220,3 +220,79 @@ async fn json_logs_show_every_request_and_no_token_code_secret_or_cookie() {
         );
     }
 }
+
+/// Text lines, as an operator reads them: a warning logged while a request
+/// is handled names that request, the request's own line follows, and
+/// `ssogate::request=warn` drops only the request lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_lines_in_a_request_name_it_and_its_target_filters_only_request_lines() {
+    // No upstream on this port: the gate warns inside the request.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let start = async |filter: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let env = vars(&[
+            ("CT_UPSTREAM_URL", &closed),
+            ("CT_ALLOW_UNAUTHENTICATED", "true"),
+            ("CT_COOKIE_SECRET", COOKIE_SECRET),
+            ("RUST_LOG", filter),
+        ]);
+        let gate = Served::start(dir.path(), env, false, &client).await;
+        let resp = client
+            .get(gate.url("/down/x?secret-query=1"))
+            .header("x-request-id", "t-1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 502);
+        crate::assert_eventually!(
+            gate.output().contains("upstream unavailable"),
+            Duration::from_secs(5),
+            "no warning:\n{}",
+            gate.output()
+        );
+        (gate, dir)
+    };
+
+    let (gate, _dir) = start("info").await;
+    crate::assert_eventually!(
+        gate.output().contains("request status=502"),
+        Duration::from_secs(5),
+        "no request line:\n{}",
+        gate.output()
+    );
+    let output = gate.output();
+    let context = r#"request{method="GET" path="/down/x" request_id="t-1"}:"#;
+    let warning = output
+        .lines()
+        .find(|l| l.contains("upstream unavailable"))
+        .unwrap();
+    assert!(
+        warning.contains(&format!("  WARN {context} upstream unavailable error=")),
+        "{warning}"
+    );
+    let line = output
+        .lines()
+        .find(|l| l.contains("request status=502"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("  INFO {context} request status=502 latency_us=")),
+        "{line}"
+    );
+    assert!(!output.contains("secret-query"), "a query string is logged");
+
+    let (quiet, _dir) = start("info,ssogate::request=warn").await;
+    // The warning is out; a request line would have been written before it
+    // by the time the thread ran out of work — give it that moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let output = quiet.output();
+    assert!(output.contains("ssogate serving"), "{output}");
+    assert!(
+        output.contains(&format!("  WARN {context} upstream unavailable")),
+        "the warning still names the request:\n{output}"
+    );
+    assert!(
+        !output.contains(" request status="),
+        "request lines are filtered out:\n{output}"
+    );
+}

@@ -14,7 +14,8 @@
 #   ws64, ws16k     wstool load (4 connections, closed loop) with a session
 #                   cookie, per echoed message of 64 B / 16 KiB: one frame up
 #                   and one back (upstream: wstool echo; a gate of its own).
-# BENCH_MODES picks modes (default "cookie bearer ws64 ws16k"). With
+# BENCH_MODES picks modes (default "cookie bearer ws64 ws16k"); BENCH_LEVEL
+# the gate's RUST_LOG (default warn; info counts the request lines). With
 # BENCH_TOP=N (default 25) the N functions with the most instructions
 # (inclusive) are printed too, when the binary has symbols. BENCH_KEEP=1
 # keeps the dumps (callgrind-N.MODE in the work directory) for
@@ -56,7 +57,7 @@ BENCH_GATE_ENV="CT_WORKER_THREADS=1 ${BENCH_GATE_ENV:-}"
 gate_under_callgrind() {
   printf '#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file=%s.%%p "%s"\n' "$WORK/callgrind-$4" "$1" >"$WORK/vg-$4"
   chmod +x "$WORK/vg-$4"
-  GATE_BIN="$WORK/vg-$4" start_gate "$2" "$3" warn "$WORK/gate-$4.log"
+  GATE_BIN="$WORK/vg-$4" start_gate "$2" "$3" "${BENCH_LEVEL:-warn}" "$WORK/gate-$4.log"
 }
 
 # load MODE PORT SECS OUTFILE: one run of MODE's load against the gate on PORT.

@@ -51,3 +51,17 @@ impl std::error::Error for Outer {
         Some(&self.0)
     }
 }
+
+/// A span as the gate opened one per request before it had
+/// `request_log`: named `request`, with `alice` recorded as the user.
+pub fn request_span(path: &str, request_id: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        method = "GET",
+        path,
+        request_id,
+        sub = tracing::field::Empty,
+    );
+    span.record("sub", "alice");
+    span
+}

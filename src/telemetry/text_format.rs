@@ -223,19 +223,12 @@ pub(crate) fn timestamp(w: &mut impl fmt::Write, now: SystemTime) -> fmt::Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::test_support::{Captured, Outer};
+    use crate::telemetry::test_support::{Captured, Outer, request_span};
 
     /// A request's span and lines of every level, as the gate logs them.
     fn log_some() {
         tracing::info!(addr = "127.0.0.1:1", tls = false, "ssogate serving");
-        let span = tracing::info_span!(
-            "request",
-            method = "GET",
-            path = "/app/x",
-            request_id = "abc",
-            sub = tracing::field::Empty,
-        );
-        span.record("sub", "alice");
+        let span = request_span("/app/x", "abc");
         let _entered = span.enter();
         tracing::warn!(error = %"upstream said \"no\"", "upstream failed");
         tracing::info!(

@@ -71,14 +71,7 @@ fn inner_lines() {
 
 /// The old way: a `request` span around [`inner_lines`] and the request line.
 fn with_a_span() {
-    let span = tracing::info_span!(
-        "request",
-        method = "GET",
-        path = "/app/x\"y",
-        request_id = "req-1",
-        sub = tracing::field::Empty,
-    );
-    span.record("sub", "alice");
+    let span = crate::telemetry::test_support::request_span("/app/x\"y", "req-1");
     let _entered = span.enter();
     inner_lines();
     tracing::info!(status = 200u16, latency_us = 61u64, "request");

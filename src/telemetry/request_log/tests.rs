@@ -342,3 +342,42 @@ fn text_lines_colour_only_the_level_for_a_terminal() {
         "2026-12-07T12:58:07.004205Z \u{1b}[32m INFO\u{1b}[0m request{method=\"GET\" path=\"/t\" request_id=\"req-1\"}: request status=404 latency_us=7\n"
     );
 }
+
+proptest::proptest! {
+    /// Whatever a client puts in its path, method or request id and a
+    /// provider in `sub`: the JSON line is one object that reads back to
+    /// exactly those values, and the text line is one line (no forged
+    /// second line in the log).
+    #[test]
+    fn any_request_is_one_line_that_reads_back(
+        path in "\\PC*|[\\x00-\\x7f]*",
+        method in "[!-~]{1,12}|\\PC{1,4}",
+        sub in proptest::option::of("\\PC*|[\\x00-\\x7f]*"),
+        status in 100u16..1000,
+        latency_us in proptest::num::u64::ANY,
+    ) {
+        let scope = Scope {
+            method: method_name(method.as_bytes()),
+            path: path.clone(),
+            request_id: RequestId::Made(*b"0123456789abcdef0123456789abcdef"),
+            sub: sub.clone(),
+            line: true,
+        };
+        let mut json = String::new();
+        write_line(&mut json, Format::Json, SystemTime::now(), &scope, status, latency_us).unwrap();
+        proptest::prop_assert!(json.ends_with('\n'));
+        proptest::prop_assert_eq!(json.matches('\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        proptest::prop_assert_eq!(v["span"]["path"].as_str(), Some(path.as_str()));
+        proptest::prop_assert_eq!(v["span"]["method"].as_str(), Some(method.as_str()));
+        proptest::prop_assert_eq!(v["span"]["sub"].as_str(), sub.as_deref());
+        proptest::prop_assert_eq!(v["fields"]["status"].as_u64(), Some(u64::from(status)));
+        proptest::prop_assert_eq!(v["fields"]["latency_us"].as_u64(), Some(latency_us));
+
+        let mut text = String::new();
+        write_line(&mut text, Format::Text { ansi: false }, SystemTime::now(), &scope, status, latency_us).unwrap();
+        proptest::prop_assert_eq!(text.matches(['\n', '\r']).count(), 1, "{}", text);
+        let quoted = format!("path={:?}", path);
+        proptest::prop_assert!(text.contains(&quoted), "{}", text);
+    }
+}

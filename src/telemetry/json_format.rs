@@ -74,7 +74,7 @@ struct Fields<'a, 'w> {
 impl Fields<'_, '_> {
     /// Writes `"name":` and then the value `write` writes.
     fn member(&mut self, field: &Field, write: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
-        if self.result.is_err() {
+        if self.result.is_err() || text_format::is_log_metadata(field) {
             return;
         }
         let name = field.name();
@@ -118,6 +118,9 @@ impl Visit for Fields<'_, '_> {
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        if text_format::is_log_metadata(field) {
+            return;
+        }
         self.member(field, |w| write_json_str(w, &value.to_string()));
         if let Some(source) = value.source() {
             if self.result.is_err() {

@@ -114,7 +114,7 @@ impl Visit for Fields<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if self.result.is_err() {
+        if self.result.is_err() || is_log_metadata(field) {
             return;
         }
         if self.empty {
@@ -147,6 +147,13 @@ impl fmt::Display for Sources<'_> {
         }
         list.finish()
     }
+}
+
+/// A record of the `log` crate comes as an event with its metadata in
+/// `log.target`, `log.module_path`, `log.file` and `log.line` fields; like
+/// tracing-subscriber's own formats, the lines leave them out.
+pub(crate) fn is_log_metadata(field: &Field) -> bool {
+    field.name().starts_with("log.")
 }
 
 /// Printable ASCII without `"` or `\\`: what `Debug` writes quoted but

@@ -381,3 +381,27 @@ proptest::proptest! {
         proptest::prop_assert!(text.contains(&quoted), "{}", text);
     }
 }
+
+#[test]
+fn records_of_the_log_crate_are_written_without_their_metadata_fields() {
+    // What tracing-log makes of a `log` record: its metadata as fields.
+    let from_log = || {
+        tracing::info!(
+            log.target = "rustls::conn",
+            log.module_path = "rustls::conn",
+            log.file = "src/conn.rs",
+            log.line = 10u64,
+            "from the log crate"
+        );
+    };
+    let text = ours(false, "info", from_log);
+    assert!(text[0].ends_with("  INFO from the log crate"), "{text:?}");
+    let json = ours(true, "info", from_log);
+    let v: serde_json::Value = serde_json::from_str(&json[0]).unwrap();
+    assert_eq!(
+        v["fields"],
+        serde_json::json!({"message": "from the log crate"}),
+        "{v}"
+    );
+    assert_eq!(theirs(false, from_log)[0][TS..], text[0][TS..]);
+}

@@ -126,23 +126,18 @@ impl Visit for Fields<'_, '_> {
             if self.result.is_err() {
                 return;
             }
-            let mut sources = Vec::new();
-            let mut next = Some(source);
-            while let Some(error) = next {
-                sources.push(error.to_string());
-                next = error.source();
-            }
             let name = field.name();
             let name = name.strip_prefix("r#").unwrap_or(name);
             self.result = (|| {
                 self.writer.write_char(',')?;
                 write_json_str(self.writer, &format!("{name}.sources"))?;
                 self.writer.write_str(":[")?;
-                for (i, s) in sources.iter().enumerate() {
-                    if i > 0 {
-                        self.writer.write_char(',')?;
-                    }
-                    write_json_str(self.writer, s)?;
+                write_json_str(self.writer, &source.to_string())?;
+                let mut next = source.source();
+                while let Some(error) = next {
+                    self.writer.write_char(',')?;
+                    write_json_str(self.writer, &error.to_string())?;
+                    next = error.source();
                 }
                 self.writer.write_char(']')
             })();

@@ -5,7 +5,12 @@ use std::fmt;
 use std::io;
 use std::sync::{Arc, Mutex};
 
+use tracing::Level;
+use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+
+use super::json_format::Json;
+use super::text_format::{Plain, PlainFields};
 
 /// Keeps every byte logged through it (clones share the buffer).
 #[derive(Clone, Default)]
@@ -64,4 +69,38 @@ pub fn request_span(path: &str, request_id: &str) -> tracing::Span {
     );
     span.record("sub", "alice");
     span
+}
+
+/// Runs `f` with a subscriber at `filter` writing text (`json` false) or
+/// JSON lines through the gate's formatters; returns the lines.
+pub fn our_lines(json: bool, filter: &str, f: impl FnOnce()) -> Vec<String> {
+    let out = Captured::default();
+    let builder = tracing_subscriber::fmt()
+        .with_writer(out.clone())
+        .with_env_filter(EnvFilter::new(filter))
+        .fmt_fields(PlainFields);
+    if json {
+        tracing::subscriber::with_default(builder.event_format(Json).finish(), f);
+    } else {
+        tracing::subscriber::with_default(builder.event_format(Plain::default()).finish(), f);
+    }
+    out.lines()
+}
+
+/// The same through tracing-subscriber's own formats, as the gate logged
+/// before it had its own: plain text, or JSON with the current span.
+pub fn their_lines(json: bool, f: impl FnOnce()) -> Vec<String> {
+    let out = Captured::default();
+    let builder = tracing_subscriber::fmt()
+        .with_writer(out.clone())
+        .with_max_level(Level::INFO)
+        .with_target(false)
+        .with_ansi(false);
+    if json {
+        let json = builder.json().with_current_span(true).with_span_list(false);
+        tracing::subscriber::with_default(json.finish(), f);
+    } else {
+        tracing::subscriber::with_default(builder.finish(), f);
+    }
+    out.lines()
 }

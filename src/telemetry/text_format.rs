@@ -230,7 +230,7 @@ pub(crate) fn timestamp(w: &mut impl fmt::Write, now: SystemTime) -> fmt::Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::test_support::{Captured, Outer, request_span};
+    use crate::telemetry::test_support::{Outer, our_lines, request_span, their_lines};
 
     /// A request's span and lines of every level, as the gate logs them.
     fn log_some() {
@@ -257,21 +257,11 @@ mod tests {
     }
 
     fn lines(with_plain: bool) -> Vec<String> {
-        let out = Captured::default();
-        let builder = tracing_subscriber::fmt()
-            .with_writer(out.clone())
-            .with_max_level(Level::INFO)
-            .with_target(false)
-            .with_ansi(false);
         if with_plain {
-            let builder = builder
-                .fmt_fields(PlainFields)
-                .event_format(Plain::default());
-            tracing::subscriber::with_default(builder.finish(), log_some);
+            our_lines(false, "info", log_some)
         } else {
-            tracing::subscriber::with_default(builder.finish(), log_some);
+            their_lines(false, log_some)
         }
-        out.lines()
     }
 
     #[test]

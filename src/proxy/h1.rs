@@ -19,7 +19,7 @@
 //! on: hyper has already answered `100 Continue` to the client when its
 //! body is first read.
 
-use std::io::{self, IoSlice, Write as _};
+use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -195,14 +195,18 @@ pub fn encode_head(
     headers(head);
     match (framing, length) {
         (Outgoing::Chunked, _) => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        (_, Some(n)) => {
-            // Writing to a Vec cannot fail.
-            let _ = write!(head, "content-length: {n}\r\n");
-        }
+        (_, Some(n)) => content_length_line(head, n),
         (_, None) => {}
     }
     head.extend_from_slice(b"\r\n");
     framing
+}
+
+/// Writes a `content-length: n` header line.
+pub fn content_length_line(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// How far the request got.

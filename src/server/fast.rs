@@ -42,7 +42,7 @@
 //! of the previous answer for each later one, so an idle kept-alive
 //! connection is closed after it too.
 
-use std::io::{self, IoSlice, Write as _};
+use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,7 +57,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::time::Sleep;
 
 use crate::fields::{Fields, Span};
-use crate::proxy::h1::AnswerHead;
+use crate::proxy::h1::{self, AnswerHead};
 use crate::proxy::headers;
 use crate::request_body::RequestBody;
 use crate::respond::Body;
@@ -737,10 +737,7 @@ fn answer_head(out: &mut Vec<u8>, answer: &AnswerHead, id: &RequestId, close: bo
     line(out, b"x-request-id", id.as_str().as_bytes());
     if !answer.bodiless {
         match answer.length {
-            // Writing to a Vec cannot fail.
-            Some(n) => {
-                let _ = write!(out, "content-length: {n}\r\n");
-            }
+            Some(n) => h1::content_length_line(out, n),
             None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         }
     }
@@ -872,8 +869,7 @@ where
     match length {
         // A 304 keeps only a declared length; a 1xx or 204 has none.
         Some(n) if !no_content && (declared.is_some() || status != StatusCode::NOT_MODIFIED) => {
-            // Writing to a Vec cannot fail.
-            let _ = write!(out, "content-length: {n}\r\n");
+            h1::content_length_line(out, n);
         }
         _ if chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         _ => {}

@@ -1098,3 +1098,15 @@ fn the_fuzzing_entry_decodes_answers_whatever_the_read_boundaries() {
         Err(H1Error::Truncated.to_string())
     );
 }
+
+#[test]
+fn content_length_lines_write_every_length_in_decimal() {
+    for n in [0, 5, 65_536, 1 << 40, u64::MAX] {
+        let mut out = b"before\r\n".to_vec();
+        content_length_line(&mut out, n);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("before\r\ncontent-length: {n}\r\n")
+        );
+    }
+}

@@ -7,10 +7,11 @@
 // CONFIG: {duration, warmup, rounds, connections, threads, clk_tck, wrk_lua,
 //          procs: {name: root pid}, extra: {...copied into the output...},
 //          variants: [{id, name, group, base, nginx, url, cookie?, bearer?, accept?,
-//                      expect, server, body_bytes?, same?}]}
+//                      expect, server, body_bytes?, same?, rp?}]}
 // `server` names the process tree (in procs) whose CPU per request is the
 // variant's "server CPU"; `base` is the id of the variant's group's direct run,
-// `nginx` that of its nginx run, `same` that of nginx sent the same request.
+// `nginx` that of its nginx run, `same` that of nginx sent the same request,
+// `rp` that of nginx listening with reuseport.
 
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -27,7 +28,7 @@ const log = (...a) => process.stderr.write(`${a.join(' ')}\n`);
 if (process.env.BENCH_ONLY) {
   const want = new Set(process.env.BENCH_ONLY.split(',').map((x) => x.trim()));
   for (const v of cfg.variants) {
-    if (want.has(v.id)) { want.add(v.base); want.add(v.nginx); if (v.same) want.add(v.same); }
+    if (want.has(v.id)) { want.add(v.base); want.add(v.nginx); if (v.same) want.add(v.same); if (v.rp) want.add(v.rp); }
   }
   cfg.variants = cfg.variants.filter((v) => want.has(v.id));
 }
@@ -155,10 +156,10 @@ for (const v of cfg.variants) {
   s.p99_added_ms = s.p99_ms - direct.p99_ms;
   s.p50_added_ms = s.p50_ms - direct.p50_ms;
   s.cpu_x_nginx = s.server_cpu_us_per_req / nginx.server_cpu_us_per_req;
-  const same = summary[v.same];
-  if (same) {
-    s.x_nginx_same = s.rps / same.rps;
-    s.cpu_x_nginx_same = s.server_cpu_us_per_req / same.server_cpu_us_per_req;
+  for (const [key, ref] of [['same', summary[v.same]], ['rp', summary[v.rp]]]) {
+    if (!ref) continue;
+    s[`x_nginx_${key}`] = s.rps / ref.rps;
+    s[`cpu_x_nginx_${key}`] = s.server_cpu_us_per_req / ref.server_cpu_us_per_req;
   }
 }
 
@@ -172,6 +173,7 @@ const perRoundIds = ['gate_cookie', 'gate_bearer', 'gate_cookie_h2', 'gate_b_coo
 for (const id of perRoundIds) {
   if (summary.nginx) summary[id].x_nginx_rounds = perRound(id, 'nginx');
   if (summary.nginx_same) summary[id].x_nginx_same_rounds = perRound(id, 'nginx_same');
+  if (summary.nginx_rp) summary[id].x_nginx_rp_rounds = perRound(id, 'nginx_rp');
 }
 
 const memory = {};
@@ -206,10 +208,19 @@ if (S.gate_cookie && S.nginx_same) {
   target('cookie CPU/req ≤ nginx CPU/req given the same request', S.gate_cookie.cpu_x_nginx_same <= 1.0,
     `${f(S.gate_cookie.server_cpu_us_per_req, 1)} vs ${f(S.nginx_same.server_cpu_us_per_req, 1)} µs/req (${f(S.gate_cookie.cpu_x_nginx_same)}×)`);
 }
+// nginx as tuned as it gets here: a listening socket per worker (reuseport).
+if (S.gate_cookie && S.nginx_rp) {
+  target('cookie ≥ 1.0× nginx with reuseport', S.gate_cookie.x_nginx_rp >= 1.0, `${f(S.gate_cookie.x_nginx_rp)}×`);
+  target('cookie CPU/req ≤ nginx with reuseport', S.gate_cookie.cpu_x_nginx_rp <= 1.0,
+    `${f(S.gate_cookie.server_cpu_us_per_req, 1)} vs ${f(S.nginx_rp.server_cpu_us_per_req, 1)} µs/req (${f(S.gate_cookie.cpu_x_nginx_rp)}×)`);
+}
 if (S.gate_cookie && S.apache) {
   target('cookie ≥ 3× mod_auth_openidc req/s', S.gate_cookie.rps >= 3 * S.apache.rps, `${f(S.gate_cookie.rps / S.apache.rps)}×`);
 }
 if (S.gate_bearer) target('bearer ≥ 0.9× nginx req/s', S.gate_bearer.x_nginx >= 0.9, `${f(S.gate_bearer.x_nginx)}×`);
+if (S.gate_bearer && S.nginx_rp) {
+  target('bearer ≥ 0.9× nginx with reuseport', S.gate_bearer.x_nginx_rp >= 0.9, `${f(S.gate_bearer.x_nginx_rp)}×`);
+}
 if (S.gate_401 && S.gate_cookie) {
   target('401 ≥ 1.5× cookie req/s', S.gate_401.rps >= 1.5 * S.gate_cookie.rps, `${f(S.gate_401.rps / S.gate_cookie.rps)}×`);
 }
@@ -239,10 +250,10 @@ for (const [name, m] of Object.entries(memory)) {
 if (ready) process.stdout.write(`gate start to ready: median ${ready.median_ms} ms (${ready.runs_ms.join(', ')} ms)\n`);
 if (perRoundIds.length) process.stdout.write('\nper round, req/s over the same round\'s nginx run:\n');
 for (const id of perRoundIds) {
-  for (const key of ['x_nginx', 'x_nginx_same']) {
+  for (const key of ['x_nginx', 'x_nginx_same', 'x_nginx_rp']) {
     const xs = summary[id][`${key}_rounds`];
     if (!xs) continue;
-    const ref = key === 'x_nginx' ? '×nginx:     ' : '×nginx_same:';
+    const ref = `${key.replace('x_', '×')}:`.padEnd(12);
     process.stdout.write(`  ${id.padEnd(13)} per-round ${ref} ${xs.map((x) => f(x)).join(' ')} (median ${f(median(xs))})\n`);
   }
 }

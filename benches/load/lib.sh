@@ -226,9 +226,11 @@ start_upstream() { # PORT [H2C_PORT]
 # nginx as a plain reverse proxy (no authentication), WebSocket-capable.
 # HEADER_BUFFER is its client_header_buffer_size: nginx's default, 1k, unless
 # given (websockets.sh sends nginx no cookie, and an upgraded connection keeps
-# that buffer for its life).
-start_proxy() { # PORT UPSTREAM_PORT [HEADER_BUFFER]
-  local port=$1 up=$2 header_buffer=${3:-1k} dir="$WORK/nginx-proxy"
+# that buffer for its life). NAME (nginx-proxy) names its directory under
+# $WORK; LISTEN_OPTS are more parameters of its listen directive (run.sh's
+# second proxy gives "reuseport").
+start_proxy() { # PORT UPSTREAM_PORT [HEADER_BUFFER] [NAME] [LISTEN_OPTS]
+  local port=$1 up=$2 header_buffer=${3:-1k} dir="$WORK/${4:-nginx-proxy}" listen_opts=${5:-}
   mkdir -p "$dir"
   nginx_conf "$dir" 2 "  map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
   upstream up {
@@ -238,7 +240,7 @@ start_proxy() { # PORT UPSTREAM_PORT [HEADER_BUFFER]
     keepalive_timeout 300s;
   }
   server {
-    listen 127.0.0.1:$port backlog=4096;
+    listen 127.0.0.1:$port backlog=4096${listen_opts:+ $listen_opts};
     # run.sh gives 4k: with the 1 KiB default nginx reads a request that
     # carries the gate's 1.3 KB cookie twice (two more system calls a request).
     client_header_buffer_size $header_buffer;

@@ -30,10 +30,18 @@ ensure_packages curl
 command -v node >/dev/null || die "node is needed (the test provider is node)"
 build_gate
 
-read -r UP_PORT H2C_PORT PROXY_PORT APACHE_PORT GATE_PORT GATE_INFO_PORT GATE_H2_PORT PERF_PORT GATE_B_PORT < <(free_ports 9)
+read -r UP_PORT H2C_PORT PROXY_PORT APACHE_PORT GATE_PORT GATE_INFO_PORT GATE_H2_PORT PERF_PORT GATE_B_PORT PROXY_RP_PORT < <(free_ports 10)
 
 start_upstream "$UP_PORT" "$H2C_PORT" # HTTP/1.1, and h2c for the gate with CT_UPSTREAM_HTTP2
 start_proxy "$PROXY_PORT" "$UP_PORT" 4k # nginx_same sends it the gate's 1.3 KB cookie
+# The same proxy with a listening socket per worker (reuseport): the kernel
+# spreads new connections over its workers, as the gate spreads them over its
+# serving threads (src/server/balance.rs). Not Debian's default, so a row of
+# its own (nginx_rp) beside the plain one.
+NGINX_PID_SAVED=$PROXY_PID
+start_proxy "$PROXY_RP_PORT" "$UP_PORT" 4k nginx-proxy-reuseport reuseport
+PROXY_RP_PID=$PROXY_PID
+PROXY_PID=$NGINX_PID_SAVED
 start_idp "http://127.0.0.1:$GATE_PORT/sso/authorization-code/callback,http://127.0.0.1:$GATE_INFO_PORT/sso/authorization-code/callback,http://127.0.0.1:$GATE_H2_PORT/sso/authorization-code/callback,http://127.0.0.1:$PERF_PORT/sso/authorization-code/callback,http://127.0.0.1:$GATE_B_PORT/sso/authorization-code/callback,http://127.0.0.1:$APACHE_PORT/redirect_uri" \
   "http://127.0.0.1:$GATE_PORT/sso/logout,http://127.0.0.1:$GATE_INFO_PORT/sso/logout"
 start_apache "$APACHE_PORT" "$UP_PORT"
@@ -132,7 +140,7 @@ const cookie = process.env.GATE_COOKIE;
 fs.writeFileSync(process.argv[2], JSON.stringify({
   duration: $DURATION, warmup: $WARMUP, rounds: $ROUNDS, connections: $CONNECTIONS, threads: $THREADS,
   clk_tck: $(getconf CLK_TCK), wrk_lua: '$BENCH_DIR/wrk.lua',
-  procs: { upstream: $UPSTREAM_PID, nginx: $PROXY_PID, apache: $APACHE_PID, gate: $GATE_MAIN_PID, gate_info: $GATE_INFO_PID, gate_h2: $GATE_H2_PID, ...($GATE_B_PID ? { gate_b: $GATE_B_PID } : {}) },
+  procs: { upstream: $UPSTREAM_PID, nginx: $PROXY_PID, nginx_rp: $PROXY_RP_PID, apache: $APACHE_PID, gate: $GATE_MAIN_PID, gate_info: $GATE_INFO_PID, gate_h2: $GATE_H2_PID, ...($GATE_B_PID ? { gate_b: $GATE_B_PID } : {}) },
   extra: {
     ready: $READY_JSON,
     commit: '$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo -dirty)',
@@ -140,6 +148,7 @@ fs.writeFileSync(process.argv[2], JSON.stringify({
     servers: {
       upstream: 'nginx $(nginx -v 2>&1 | sed 's/.*\///'), worker_processes auto (2), return 200 "ok\\\\n" / 64 KiB static file, client_header_buffer_size 4k, a second port with http2 (h2c, prior knowledge) for gate_cookie_h2',
       nginx: 'nginx reverse proxy, worker_processes 2, proxy_http_version 1.1, upstream keepalive 256, client_header_buffer_size 4k',
+      nginx_rp: 'the same nginx reverse proxy listening with reuseport',
       apache: '$(/usr/sbin/apache2 -v | head -1 | sed 's/Server version: //'), mpm_event 2x64 threads, mod_auth_openidc $(dpkg-query -W -f='${Version}' libapache2-mod-auth-openidc 2>/dev/null), OIDCCacheType shm, OIDCSessionType server-cache',
       gate: 'ssogate release, 2 serving threads (a current-thread runtime each), plain http',
     },
@@ -150,9 +159,11 @@ fs.writeFileSync(process.argv[2], JSON.stringify({
     v('nginx', 'nginx proxy', 'tiny', 'http://127.0.0.1:$PROXY_PORT' + tiny, 'nginx', 200),
     // The bytes gate_cookie sends, through nginx (which forwards the cookie): like for like.
     v('nginx_same', 'nginx proxy, same request', 'tiny', 'http://127.0.0.1:$PROXY_PORT' + tiny, 'nginx', 200, { cookie }),
+    // The bare request through nginx listening with reuseport.
+    v('nginx_rp', 'nginx proxy, reuseport', 'tiny', 'http://127.0.0.1:$PROXY_RP_PORT' + tiny, 'nginx_rp', 200),
     v('apache', 'Apache+mod_auth_openidc', 'tiny', 'http://127.0.0.1:$APACHE_PORT' + tiny, 'apache', 200, { cookie: process.env.APACHE_COOKIE }),
-    v('gate_cookie', 'ssogate cookie', 'tiny', '$G' + tiny, 'gate', 200, { cookie, same: 'nginx_same' }),
-    v('gate_bearer', 'ssogate bearer JWT', 'tiny', '$G' + tiny, 'gate', 200, { bearer: process.env.BEARER }),
+    v('gate_cookie', 'ssogate cookie', 'tiny', '$G' + tiny, 'gate', 200, { cookie, same: 'nginx_same', rp: 'nginx_rp' }),
+    v('gate_bearer', 'ssogate bearer JWT', 'tiny', '$G' + tiny, 'gate', 200, { bearer: process.env.BEARER, rp: 'nginx_rp' }),
     ...(process.env.GATE_B_COOKIE ? [
       v('gate_b_cookie', 'ssogate B cookie', 'tiny', 'http://127.0.0.1:$GATE_B_PORT' + tiny, 'gate_b', 200, { cookie: process.env.GATE_B_COOKIE, same: 'nginx_same' }),
       v('gate_b_bearer', 'ssogate B bearer JWT', 'tiny', 'http://127.0.0.1:$GATE_B_PORT' + tiny, 'gate_b', 200, { bearer: process.env.BEARER }),
@@ -173,7 +184,7 @@ fs.writeFileSync(process.argv[2], JSON.stringify({
 EOF
 [[ -s "$WORK/bench-config.json" ]] || die "no bench config"
 
-say "checking every variant, then $ROUNDS rounds x 13 variants x (${WARMUP}s warm-up + ${DURATION}s), $CONNECTIONS connections"
+say "checking every variant, then $ROUNDS rounds x $(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).variants.length)' "$WORK/bench-config.json") variants x (${WARMUP}s warm-up + ${DURATION}s), $CONNECTIONS connections"
 node "$BENCH_DIR/bench.mjs" "$WORK/bench-config.json" "$OUT"
 grep -E ' (ERROR|WARN) ' "$WORK/gate.log" | head -5 >&2 || true
 say "done in ${SECONDS}s"

@@ -196,7 +196,7 @@ table.splice(1, 0, `|${widths.map((w, i) => (i === 0 ? `:${'-'.repeat(w + 1)}` :
 
 const S = summary;
 const targets = [];
-const target = (what, ok, detail) => targets.push({ what, met: Boolean(ok), detail });
+const target = (what, ok, detail, beyond = false) => targets.push({ what, met: Boolean(ok), detail, ...(beyond ? { beyond } : {}) });
 if (S.gate_cookie && S.nginx) {
   target('cookie ≥ 1.0× nginx req/s', S.gate_cookie.x_nginx >= 1.0, `${f(S.gate_cookie.x_nginx)}×`);
   target('cookie CPU/req ≤ nginx CPU/req', S.gate_cookie.cpu_x_nginx <= 1.0,
@@ -208,18 +208,19 @@ if (S.gate_cookie && S.nginx_same) {
   target('cookie CPU/req ≤ nginx CPU/req given the same request', S.gate_cookie.cpu_x_nginx_same <= 1.0,
     `${f(S.gate_cookie.server_cpu_us_per_req, 1)} vs ${f(S.nginx_same.server_cpu_us_per_req, 1)} µs/req (${f(S.gate_cookie.cpu_x_nginx_same)}×)`);
 }
-// nginx as tuned as it gets here: a listening socket per worker (reuseport).
+// Beyond the issue's list: nginx with a listening socket per worker
+// (reuseport), which Debian's nginx does not set by default.
 if (S.gate_cookie && S.nginx_rp) {
-  target('cookie ≥ 1.0× nginx with reuseport', S.gate_cookie.x_nginx_rp >= 1.0, `${f(S.gate_cookie.x_nginx_rp)}×`);
+  target('cookie ≥ 1.0× nginx with reuseport', S.gate_cookie.x_nginx_rp >= 1.0, `${f(S.gate_cookie.x_nginx_rp)}×`, true);
   target('cookie CPU/req ≤ nginx with reuseport', S.gate_cookie.cpu_x_nginx_rp <= 1.0,
-    `${f(S.gate_cookie.server_cpu_us_per_req, 1)} vs ${f(S.nginx_rp.server_cpu_us_per_req, 1)} µs/req (${f(S.gate_cookie.cpu_x_nginx_rp)}×)`);
+    `${f(S.gate_cookie.server_cpu_us_per_req, 1)} vs ${f(S.nginx_rp.server_cpu_us_per_req, 1)} µs/req (${f(S.gate_cookie.cpu_x_nginx_rp)}×)`, true);
 }
 if (S.gate_cookie && S.apache) {
   target('cookie ≥ 3× mod_auth_openidc req/s', S.gate_cookie.rps >= 3 * S.apache.rps, `${f(S.gate_cookie.rps / S.apache.rps)}×`);
 }
 if (S.gate_bearer) target('bearer ≥ 0.9× nginx req/s', S.gate_bearer.x_nginx >= 0.9, `${f(S.gate_bearer.x_nginx)}×`);
 if (S.gate_bearer && S.nginx_rp) {
-  target('bearer ≥ 0.9× nginx with reuseport', S.gate_bearer.x_nginx_rp >= 0.9, `${f(S.gate_bearer.x_nginx_rp)}×`);
+  target('bearer ≥ 0.9× nginx with reuseport', S.gate_bearer.x_nginx_rp >= 0.9, `${f(S.gate_bearer.x_nginx_rp)}×`, true);
 }
 if (S.gate_401 && S.gate_cookie) {
   target('401 ≥ 1.5× cookie req/s', S.gate_401.rps >= 1.5 * S.gate_cookie.rps, `${f(S.gate_401.rps / S.gate_cookie.rps)}×`);
@@ -257,6 +258,11 @@ for (const id of perRoundIds) {
     process.stdout.write(`  ${id.padEnd(13)} per-round ${ref} ${xs.map((x) => f(x)).join(' ')} (median ${f(median(xs))})\n`);
   }
 }
-process.stdout.write('\ntargets (issue 7, item 3):\n');
-for (const t of targets) process.stdout.write(`  ${t.met ? 'MET    ' : 'NOT MET'}  ${t.what}: ${t.detail}\n`);
+const printTargets = (title, ts) => {
+  if (!ts.length) return;
+  process.stdout.write(`\n${title}:\n`);
+  for (const t of ts) process.stdout.write(`  ${t.met ? 'MET    ' : 'NOT MET'}  ${t.what}: ${t.detail}\n`);
+};
+printTargets('targets (issue 7, item 3)', targets.filter((t) => !t.beyond));
+printTargets('beyond the targets (nginx tuned with reuseport)', targets.filter((t) => t.beyond));
 process.stdout.write(`\nJSON: ${outPath}\n`);

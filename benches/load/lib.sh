@@ -328,8 +328,11 @@ signin_token() {
 
 # Apache httpd (mpm_event) with mod_auth_openidc in front of the upstream,
 # sessions in the shared-memory cache. start_apache PORT UPSTREAM_PORT
+# [PROXY_PARAMS]: PROXY_PARAMS are more parameters of its ProxyPass
+# (websockets.sh gives "upgrade=websocket": mod_proxy_http then tunnels a
+# WebSocket upgrade, Apache 2.4.47 and later).
 start_apache() {
-  local port=$1 up=$2 dir="$WORK/apache" mods=/usr/lib/apache2/modules
+  local port=$1 up=$2 proxy_params=${3:-} dir="$WORK/apache" mods=/usr/lib/apache2/modules
   mkdir -p "$dir/run"
   chmod 755 "$dir"
   chmod 777 "$dir/run"
@@ -384,7 +387,7 @@ OIDCSessionInactivityTimeout 3600
   Require valid-user
 </Location>
 ProxyPass /redirect_uri !
-ProxyPass / http://127.0.0.1:$up/
+ProxyPass / http://127.0.0.1:$up/${proxy_params:+ $proxy_params}
 ProxyPassReverse / http://127.0.0.1:$up/
 EOF2
   /usr/sbin/apache2 -t -f "$dir/httpd.conf" >"$dir/test.log" 2>&1 ||

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # WebSocket benchmark: memory of idle connections held through ssogate and
-# through nginx, and echo throughput direct / nginx / ssogate, on loopback.
+# through nginx, and echo throughput direct / nginx / Apache with
+# mod_auth_openidc / ssogate, on loopback.
 # See benches/load/README.md.
 #
 #   benches/load/websockets.sh
@@ -35,19 +36,22 @@ fi
 # Client side from several loopback source addresses: no ephemeral-port limit.
 SOURCES="127.0.0.11,127.0.0.12,127.0.0.13,127.0.0.14"
 
-read -r ECHO_PORT PROXY_PORT GATE_PORT < <(free_ports 3)
+read -r ECHO_PORT PROXY_PORT GATE_PORT APACHE_PORT < <(free_ports 4)
 
 start_wstool_echo "$ECHO_PORT"
 UPSTREAM_PID=$ECHO_PID
 
 start_proxy "$PROXY_PORT" "$ECHO_PORT"
-start_idp "http://127.0.0.1:$GATE_PORT/sso/authorization-code/callback" "http://127.0.0.1:$GATE_PORT/sso/logout"
+start_idp "http://127.0.0.1:$GATE_PORT/sso/authorization-code/callback,http://127.0.0.1:$APACHE_PORT/redirect_uri" \
+  "http://127.0.0.1:$GATE_PORT/sso/logout"
+start_apache "$APACHE_PORT" "$ECHO_PORT" upgrade=websocket
 start_gate "$GATE_PORT" "$ECHO_PORT" warn "$WORK/gate.log"
-say "echo upstream :$ECHO_PORT  nginx :$PROXY_PORT  gate :$GATE_PORT"
+say "echo upstream :$ECHO_PORT  nginx :$PROXY_PORT  apache :$APACHE_PORT  gate :$GATE_PORT"
 
-say "scripted sign-in (alice)"
+say "scripted sign-ins (alice)"
 GATE_COOKIE=$(signin_session "http://127.0.0.1:$GATE_PORT/hello")
-export GATE_COOKIE
+APACHE_COOKIE=$(signin_session "http://127.0.0.1:$APACHE_PORT/hello")
+export GATE_COOKIE APACHE_COOKIE
 
 node - "$WORK/ws-config.json" <<EOF
 const fs = require('fs');
@@ -55,10 +59,12 @@ const origin = (p) => 'Origin: http://127.0.0.1:' + p;
 fs.writeFileSync(process.argv[2], JSON.stringify({
   wstool: '$WSTOOL', duration: $DURATION, warmup: $WARMUP, rounds: $ROUNDS, connections: $CONNECTIONS,
   sizes: '$SIZES'.split(' ').map(Number), idle_conns: $IDLE, sources: '$SOURCES'.split(','), clk_tck: $(getconf CLK_TCK),
-  procs: { upstream: $UPSTREAM_PID, nginx: $PROXY_PID, gate: $GATE_PID },
+  procs: { upstream: $UPSTREAM_PID, nginx: $PROXY_PID, apache: $APACHE_PID, gate: $GATE_PID },
   targets: [
     { id: 'direct', name: 'direct upstream', url: 'ws://127.0.0.1:$ECHO_PORT/ws', headers: [origin($ECHO_PORT)], server: 'upstream' },
     { id: 'nginx', name: 'nginx proxy', url: 'ws://127.0.0.1:$PROXY_PORT/ws', headers: [origin($PROXY_PORT)], server: 'nginx' },
+    // Echo only: the idle test is the gate's (nginx for reference).
+    { id: 'apache', name: 'Apache+mod_auth_openidc (cookie)', url: 'ws://127.0.0.1:$APACHE_PORT/ws', headers: [origin($APACHE_PORT), 'Cookie: ' + process.env.APACHE_COOKIE], server: 'apache' },
     { id: 'gate', name: 'ssogate (cookie)', url: 'ws://127.0.0.1:$GATE_PORT/ws', headers: [origin($GATE_PORT), 'Cookie: ' + process.env.GATE_COOKIE], server: 'gate' },
   ],
   refused: { id: 'gate', headers: [origin($GATE_PORT), 'Accept: application/json'] },
@@ -69,6 +75,7 @@ fs.writeFileSync(process.argv[2], JSON.stringify({
     servers: {
       upstream: 'benches/load/wstool echo (tokio-tungstenite, 2 threads)',
       nginx: 'nginx $(nginx -v 2>&1 | sed 's/.*\///'), worker_processes 2, proxy_http_version 1.1, Upgrade/Connection passed',
+      apache: '$(/usr/sbin/apache2 -v | head -1 | sed 's/Server version: //'), mpm_event 2x64 threads, mod_auth_openidc $(dpkg-query -W -f='${Version}' libapache2-mod-auth-openidc 2>/dev/null), OIDCCacheType shm, ProxyPass upgrade=websocket',
       gate: 'ssogate release (tokio multi-thread, 2 workers), plain http, session cookie',
     },
   },

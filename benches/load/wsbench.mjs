@@ -1,7 +1,8 @@
 // The measuring half of benches/load/websockets.sh: memory of idle WebSocket
 // connections held through the gate and through nginx, then echo throughput
-// (closed loop, one message in flight per connection) direct, through nginx
-// and through the gate, in interleaved rounds.
+// (closed loop, one message in flight per connection) direct, through nginx,
+// through Apache with mod_auth_openidc and through the gate, in interleaved
+// rounds.
 //
 //   node wsbench.mjs CONFIG.json OUT.json
 //
@@ -163,6 +164,8 @@ for (const size of cfg.sizes) {
     s.x_direct = s.msgs_per_s / summary[`direct_${size}`].msgs_per_s;
     s.x_nginx = s.msgs_per_s / summary[`nginx_${size}`].msgs_per_s;
     s.cpu_x_nginx = s.server_cpu_us_per_msg / summary[`nginx_${size}`].server_cpu_us_per_msg;
+    const apache = summary[`apache_${size}`];
+    if (apache && t.id !== 'apache') s.x_apache = s.msgs_per_s / apache.msgs_per_s;
   }
 }
 
@@ -207,4 +210,8 @@ fs.writeFileSync(outPath, `${JSON.stringify({
 
 process.stdout.write(`\n${idleTable}\n\n${echoTable}\n\ntargets (issue 7, item 3):\n`);
 for (const t of targets) process.stdout.write(`  ${t.met ? 'MET    ' : 'NOT MET'}  ${t.what}: ${t.detail}\n`);
+const overApache = cfg.sizes.filter((size) => summary[`gate_${size}`]?.x_apache !== undefined);
+if (overApache.length) {
+  process.stdout.write(`\ngate echo over Apache+mod_auth_openidc: ${overApache.map((size) => `${size} B ${f(summary[`gate_${size}`].x_apache)}×`).join(', ')}\n`);
+}
 process.stdout.write(`\nJSON: ${outPath}\n`);

@@ -55,6 +55,7 @@ mod drain;
 mod fast;
 mod first_bytes;
 mod framing;
+mod switched;
 pub mod tls;
 
 use std::future::Future;
@@ -71,11 +72,12 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use self::balance::{Balance, Handoff, Lane, Load};
-use self::drain::{Drain, Graceful, Hyper};
+use self::drain::{Drain, Graceful, Http1Upgradeable, Hyper};
 pub use self::fast::Handover;
 use self::first_bytes::FirstBytes;
 use self::framing::{Framing, Verdicts};
 pub use self::framing::{follow_for_fuzzing, scan_for_fuzzing};
+pub use self::switched::{SwitchedClient, take_back};
 use crate::request_body::RequestBody;
 use crate::router::{self, AmbiguousFraming, ClientConn, State};
 
@@ -129,13 +131,39 @@ pub struct Settings {
     pub max_connections: usize,
 }
 
+/// hyper's builders: `auto` for a connection that may be HTTP/2 or
+/// HTTP/1.1, `http1` for one whose first request the own path has already
+/// read as HTTP/1.1 and handed over for its upgrade (a WebSocket): without
+/// hyper-util's protocol detection in between, the connection hyper
+/// switches can be taken back out of hyper ([`take_back`]).
+struct Builders {
+    auto: auto::Builder<TokioExecutor>,
+    http1: hyper::server::conn::http1::Builder,
+}
+
+/// The same HTTP/1.1 settings on `auto`'s HTTP/1.1 builder and on the
+/// plain one.
+macro_rules! http1_settings {
+    ($b:expr, $settings:expr) => {
+        $b.timer(TokioTimer::new())
+            .header_read_timeout($settings.header_read_timeout)
+            .max_buf_size($settings.max_header_bytes)
+            .max_headers(MAX_HEADERS)
+    };
+}
+
+fn builders(settings: &Settings) -> Builders {
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1_settings!(http1, settings);
+    Builders {
+        auto: builder(settings),
+        http1,
+    }
+}
+
 fn builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(settings.max_header_bytes)
-        .max_headers(MAX_HEADERS);
+    http1_settings!(b.http1(), settings);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_H2_STREAMS)
@@ -277,7 +305,7 @@ async fn accept(
     mut lane: Option<Lane>,
 ) {
     let conns = Conns {
-        builder: Arc::new(builder(&settings)),
+        builders: Arc::new(builders(&settings)),
         graceful: Drain::new(),
         state,
         tls,
@@ -345,7 +373,7 @@ async fn accept(
 
 /// What serving a connection on this thread needs.
 struct Conns {
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     graceful: Drain,
     state: Arc<State>,
     tls: Option<TlsAcceptor>,
@@ -370,7 +398,7 @@ impl Conns {
         let tls = self.tls.clone();
         let handshake_timeout = self.header_read_timeout;
         let hyper = ToHyper {
-            builder: self.builder.clone(),
+            builders: self.builders.clone(),
             state: self.state.clone(),
             max_head: self.max_head,
             first_bytes: self.header_read_timeout,
@@ -418,7 +446,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What handing a connection to hyper needs.
 struct ToHyper {
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     state: Arc<State>,
     max_head: usize,
     /// Bounds the wait for the first bytes (see `first_bytes.rs`).
@@ -428,7 +456,12 @@ struct ToHyper {
 impl ToHyper {
     /// hyper (HTTP/1.1 with the framing watcher, or HTTP/2) serving `io`
     /// for `client`.
-    fn serve<I>(self, io: I, client: Arc<ClientConn>) -> HyperConn
+    fn serve<I>(
+        self,
+        io: fast::Prefixed<I>,
+        why: fast::Handover,
+        client: Arc<ClientConn>,
+    ) -> HyperConn
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -441,17 +474,52 @@ impl ToHyper {
             }
             router::handle(state.clone(), req.map(RequestBody::Hyper), client.clone())
         });
-        let io = Framing::new(
-            FirstBytes::new(io, self.first_bytes),
-            self.max_head,
-            verdicts,
-        );
+        let io = hyper_io(io, self.first_bytes, self.max_head, verdicts);
+        self.builders.serve(io, why, service)
+    }
+}
+
+impl Builders {
+    /// hyper serving `io`, handed over for `why`, with `service`.
+    fn serve<I, S, B>(&self, io: switched::HyperIo<I>, why: fast::Handover, service: S) -> HyperConn
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::Service<
+                hyper::Request<hyper::body::Incoming>,
+                Response = hyper::Response<B>,
+            > + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        if why == fast::Handover::Upgrade {
+            let conn = self.http1.serve_connection(io, service);
+            return Box::pin(Http1Upgradeable::new(conn.with_upgrades()));
+        }
         let conn = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .auto
+            .serve_connection_with_upgrades(io, service)
             .into_owned();
         Box::pin(Hyper::new(conn))
     }
+}
+
+/// The layers hyper serves a handed-over connection through (the ones
+/// [`take_back`] takes a switched connection back out of).
+fn hyper_io<I>(
+    io: fast::Prefixed<I>,
+    first_bytes: Duration,
+    max_head: usize,
+    verdicts: Arc<Verdicts>,
+) -> switched::HyperIo<I> {
+    TokioIo::new(Framing::new(
+        FirstBytes::new(io, first_bytes),
+        max_head,
+        verdicts,
+    ))
 }
 
 type HyperConn = Pin<Box<dyn Graceful<Output = Result<(), BoxError>> + Send>>;
@@ -514,7 +582,7 @@ where
                             continue;
                         };
                         let mut conn =
-                            to_hyper.serve(fast::Prefixed::new(read, io), this.client.clone());
+                            to_hyper.serve(fast::Prefixed::new(read, io), why, this.client.clone());
                         if this.draining {
                             conn.as_mut().graceful_shutdown();
                         }

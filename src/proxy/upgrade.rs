@@ -3,7 +3,6 @@
 
 use http::{HeaderMap, header};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use metrics::Gauge;
 
 use super::cutoff::Guard;
@@ -11,6 +10,7 @@ use super::relay::relay;
 use super::stream::Switched;
 use crate::respond::contains_ignore_case;
 use crate::router::Held;
+use crate::server::{self, SwitchedClient};
 
 /// An HTTP/1.1 WebSocket handshake: `Upgrade: websocket` and `Connection: upgrade`.
 pub fn is_websocket(headers: &HeaderMap) -> bool {
@@ -64,7 +64,11 @@ pub fn splice(
         };
         open.increment(1.0);
         let _open = OpenGuard(open);
-        relay(TokioIo::new(client), upstream, guard).await;
+        match server::take_back(client) {
+            SwitchedClient::Plain(client) => relay(client, upstream, guard).await,
+            SwitchedClient::Tls(client) => relay(client, upstream, guard).await,
+            SwitchedClient::Hyper(client) => relay(client, upstream, guard).await,
+        }
     });
 }
 

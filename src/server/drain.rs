@@ -15,6 +15,7 @@ use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::watch;
 
 use crate::proxy::wake_flag::WakeFlag;
+use crate::respond::BoxError;
 
 /// A connection that can be asked to finish what it serves, then close.
 pub trait Graceful: Future {
@@ -44,6 +45,49 @@ impl<C: GracefulConnection> Future for Hyper<C> {
 }
 
 impl<C: GracefulConnection> Graceful for Hyper<C> {
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        self.project().conn.graceful_shutdown();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// hyper's own HTTP/1.1 connection with upgrades, as [`Graceful`]
+    /// (hyper-util has no `GracefulConnection` for it).
+    pub struct Http1Upgradeable<C> {
+        #[pin]
+        conn: C,
+    }
+}
+
+impl<C> Http1Upgradeable<C> {
+    pub fn new(conn: C) -> Self {
+        Self { conn }
+    }
+}
+
+impl<I, S, B> Future for Http1Upgradeable<hyper::server::conn::http1::UpgradeableConnection<I, S>>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<(), BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().conn.poll(cx).map_err(BoxError::from)
+    }
+}
+
+impl<I, S, B> Graceful for Http1Upgradeable<hyper::server::conn::http1::UpgradeableConnection<I, S>>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+{
     fn graceful_shutdown(self: Pin<&mut Self>) {
         self.project().conn.graceful_shutdown();
     }

@@ -966,6 +966,11 @@ impl<I> Prefixed<I> {
     pub fn new(read: BytesMut, io: I) -> Self {
         Self { read, io }
     }
+
+    /// The bytes not yet read, and the connection.
+    pub fn into_parts(self) -> (BytesMut, I) {
+        (self.read, self.io)
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {

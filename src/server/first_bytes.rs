@@ -37,6 +37,11 @@ impl<I> FirstBytes<I> {
         }
     }
 
+    /// The connection, without the deadline.
+    pub fn into_inner(self) -> I {
+        self.io
+    }
+
     /// Looks at newly read bytes; true while the protocol is still undecided.
     fn undecided_after(&mut self, new: &[u8]) -> bool {
         for &b in new {

@@ -107,6 +107,12 @@ impl<I> Framing<I> {
         }
     }
 
+    /// The connection, once nothing more is to be followed (it switched
+    /// protocols). The watcher holds no bytes of the connection's own.
+    pub fn into_inner(self) -> I {
+        self.io
+    }
+
     /// Follows newly read bytes.
     fn feed(&mut self, mut input: &[u8]) {
         while !input.is_empty() {

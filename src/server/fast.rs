@@ -971,6 +971,12 @@ impl<I> Prefixed<I> {
     pub fn into_parts(self) -> (BytesMut, I) {
         (self.read, self.io)
     }
+
+    /// Bytes of memory its buffer holds.
+    #[cfg(test)]
+    pub fn held(&self) -> usize {
+        self.read.capacity()
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {

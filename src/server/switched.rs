@@ -53,16 +53,15 @@ pub fn take_back(upgraded: Upgraded) -> SwitchedClient {
 
 /// The connection under `io`, with hyper's unread bytes (`unread`, which
 /// came first) and then those the own path read that hyper never took.
+/// Both are copied out (they are rare: what a client sends right behind its
+/// upgrade request), so that neither hyper's read buffer nor the own
+/// path's, which they are slices of, is kept for the connection's life: an
+/// idle WebSocket holds no buffer.
 fn unwrap<I>(io: HyperIo<I>, unread: bytes::Bytes) -> Prefixed<I> {
     let (left, io) = io.into_inner().into_inner().into_inner().into_parts();
-    let read = if left.is_empty() {
-        BytesMut::from(unread)
-    } else {
-        let mut read = BytesMut::with_capacity(unread.len() + left.len());
-        read.extend_from_slice(&unread);
-        read.extend_from_slice(&left);
-        read
-    };
+    let mut read = BytesMut::with_capacity(unread.len() + left.len());
+    read.extend_from_slice(&unread);
+    read.extend_from_slice(&left);
     Prefixed::new(read, io)
 }
 

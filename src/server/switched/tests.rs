@@ -135,7 +135,20 @@ async fn a_plain_connection_handed_over_for_its_upgrade_is_taken_back_out_of_hyp
     let SwitchedClient::Plain(io) = switched else {
         panic!("not taken back as plain TCP");
     };
+    assert_eq!(io.held(), early.len(), "just the early bytes are held");
     relays_both_ways(io, &mut client, &early, b"later").await;
+}
+
+/// An idle WebSocket keeps no read buffer of hyper's or the own path's.
+#[tokio::test]
+async fn a_switched_connection_with_nothing_unread_holds_no_buffer() {
+    let (server, mut client) = tcp_pair().await;
+    let switched = switch(server, &mut client, Handover::Upgrade, b"", b"later").await;
+    let SwitchedClient::Plain(io) = switched else {
+        panic!("not taken back as plain TCP");
+    };
+    assert_eq!(io.held(), 0);
+    relays_both_ways(io, &mut client, b"", b"later").await;
 }
 
 #[tokio::test]
@@ -201,6 +214,7 @@ async fn unread_bytes_come_before_those_hyper_never_took() {
         Arc::new(Verdicts::default()),
     );
     let mut taken = unwrap(io, Bytes::from_static(b"first"));
+    assert_eq!(taken.held(), 13);
     client.write_all(b"-third").await.unwrap();
     let mut got = [0; 19];
     taken.read_exact(&mut got).await.unwrap();

@@ -157,8 +157,8 @@ console.log(line([':--', '--:', '--:', '--:', '--:']));
 for (const name of names) {
   const xs = per[name] ?? [];
   const col = (k, d) => `${f(median(xs.map((x) => x[k])), d)} (${xs.map((x) => f(x[k], d)).join(', ')})`;
-  const total = xs.map((x) => ({ t: x.user + x.sys }));
-  console.log(line([name, col('rps', 0), col('user', 2), col('sys', 2), `${f(median(total.map((x) => x.t)), 2)} (${total.map((x) => f(x.t, 2)).join(', ')})`]));
+  const total = xs.map((x) => x.user + x.sys);
+  console.log(line([name, col('rps', 0), col('user', 2), col('sys', 2), `${f(median(total), 2)} (${total.map((t) => f(t, 2)).join(', ')})`]));
 }
 EOF
 say "done in ${SECONDS}s"

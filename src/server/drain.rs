@@ -65,14 +65,7 @@ impl<C> Http1Upgradeable<C> {
     }
 }
 
-impl<I, S, B> Future for Http1Upgradeable<hyper::server::conn::http1::UpgradeableConnection<I, S>>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Error: Into<BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: http_body::Body + 'static,
-    B::Error: Into<BoxError>,
-{
+impl<C: Future<Output = Result<(), hyper::Error>>> Future for Http1Upgradeable<C> {
     type Output = Result<(), BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

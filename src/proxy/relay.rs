@@ -7,10 +7,11 @@
 //! frame (1008, policy violation) after it and drop both connections. A
 //! frame that does not finish within [`HARD_STOP`] of that is cut off.
 //!
-//! One future and no tasks, locks or channels of its own: each direction is
-//! a buffer that exists only while bytes are in flight ([`InFlight`]), and
-//! each direction and the guard is polled only when something it waits on
-//! woke it ([`WakeFlag`], [`Watch`]).
+//! One future and no tasks, locks or channels of its own: each read goes
+//! into the thread's scratch buffer and is written on from there, and each
+//! direction holds a buffer only while the other side is slow to take its
+//! bytes ([`InFlight`]); and each direction and the guard is polled only
+//! when something it waits on woke it ([`WakeFlag`], [`Watch`]).
 
 use std::future::Future;
 use std::io;
@@ -22,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Sleep;
 
 use super::cutoff::{Guard, Watch};
-use super::lazy_buf::InFlight;
+use super::lazy_buf::{InFlight, poll_read_scratch};
 use super::wake_flag::WakeFlag;
 
 /// After the guard fires, how long a frame in progress may take to finish
@@ -148,10 +149,32 @@ impl Leg {
             if stopping && frames.as_deref().is_some_and(Frames::at_boundary) {
                 return self.poll_stopped(cx, to);
             }
-            match self.bytes.poll_fill(cx, from) {
-                Poll::Ready(Ok(0)) => self.state = LegState::ShuttingDown,
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            // Nothing kept: read, and write straight on from the scratch
+            // buffer; only what `to` does not take at once is kept.
+            let kept = &mut self.bytes;
+            let read = poll_read_scratch(cx, from, |cx, read| {
+                let writable = match frames.as_deref() {
+                    Some(frames) if stopping => frames.until_boundary(read),
+                    _ => read.len(),
+                };
+                let written = match Pin::new(&mut *to).poll_write(cx, &read[..writable]) {
+                    Poll::Ready(Ok(0)) if writable > 0 => {
+                        return Err(io::Error::from(io::ErrorKind::WriteZero));
+                    }
+                    Poll::Ready(Ok(n)) => n.min(writable),
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => 0,
+                };
+                if let Some(frames) = frames.as_deref_mut() {
+                    frames.advance(&read[..written]);
+                }
+                kept.keep(&read[written..]);
+                Ok(written)
+            });
+            match read {
+                Poll::Ready(Ok(Some(Ok(written)))) => self.unflushed |= written > 0,
+                Poll::Ready(Ok(Some(Err(e))) | Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(None)) => self.state = LegState::ShuttingDown,
                 Poll::Pending => {
                     ready!(self.poll_flush(cx, to))?;
                     return Poll::Pending;

@@ -7,25 +7,30 @@
 //! back and a read through several layers; a session guard is woken once in
 //! its life, and polling it takes the lock of a watch channel that all of
 //! the session's live connections share. With a flag each, asking whether
-//! a part has anything to do costs one atomic swap.
+//! a part has anything to do costs one atomic load when it was not woken,
+//! and a swap when it was.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Wake, Waker};
-
-use futures_util::task::AtomicWaker;
 
 pub struct WakeFlag {
     shared: Arc<Shared>,
     /// Wakes `shared`: the waker to poll the part with.
     waker: Waker,
+    /// The poller's copy of the task waker in `shared.task`, so that asking
+    /// whether it is still the right one takes no lock.
+    registered: Option<Waker>,
 }
 
 struct Shared {
     /// Woken since last taken (true at first: the part was never polled).
     woken: AtomicBool,
-    /// The task the part belongs to.
-    task: AtomicWaker,
+    /// The task the part belongs to. A wake-up wakes it by reference and
+    /// leaves it in place, so it is registered again only when the part is
+    /// polled from another task (for a spawned task: never). That is what
+    /// makes [`WakeFlag::take`] cheap when nothing woke the part: one load.
+    task: Mutex<Option<Waker>>,
 }
 
 impl Wake for Shared {
@@ -35,7 +40,21 @@ impl Wake for Shared {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.woken.store(true, Ordering::Release);
-        self.task.wake();
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(task) = task.as_ref() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+impl Shared {
+    /// Puts `task` in place; the one it replaces is dropped outside the lock.
+    fn replace_task(&self, task: Option<Waker>) {
+        let old = std::mem::replace(
+            &mut *self.task.lock().unwrap_or_else(PoisonError::into_inner),
+            task,
+        );
+        drop(old);
     }
 }
 
@@ -43,22 +62,33 @@ impl Default for WakeFlag {
     fn default() -> Self {
         let shared = Arc::new(Shared {
             woken: AtomicBool::new(true),
-            task: AtomicWaker::new(),
+            task: Mutex::new(None),
         });
         Self {
             waker: Waker::from(shared.clone()),
             shared,
+            registered: None,
         }
     }
 }
 
 impl WakeFlag {
     /// Whether the part was woken (or never polled) since the last call;
-    /// registers `cx`'s task as the one to wake. Poll the part with
+    /// makes `cx`'s task the one to wake. Poll the part with
     /// [`waker`](Self::waker) right after a true answer.
-    pub fn take(&self, cx: &Context<'_>) -> bool {
-        self.shared.task.register(cx.waker());
-        self.shared.woken.swap(false, Ordering::AcqRel)
+    pub fn take(&mut self, cx: &Context<'_>) -> bool {
+        if !self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            let task = cx.waker().clone();
+            self.shared.replace_task(Some(task.clone()));
+            self.registered = Some(task);
+        }
+        // The task is registered before the flag is read: a wake-up that
+        // sets the flag after this load finds the task and wakes it.
+        self.shared.woken.load(Ordering::Acquire) && self.shared.woken.swap(false, Ordering::AcqRel)
     }
 
     /// Marks the part as having something to do at the next [`take`](Self::take).
@@ -68,6 +98,14 @@ impl WakeFlag {
 
     pub fn waker(&self) -> &Waker {
         &self.waker
+    }
+}
+
+impl Drop for WakeFlag {
+    /// Lets go of the task: whatever still holds [`waker`](Self::waker)
+    /// (an I/O registration being torn down) no longer keeps it alive.
+    fn drop(&mut self) {
+        self.shared.replace_task(None);
     }
 }
 
@@ -92,7 +130,7 @@ mod tests {
         let task = Arc::new(Counter(AtomicUsize::new(0)));
         let waker = Waker::from(task.clone());
         let cx = Context::from_waker(&waker);
-        let flag = WakeFlag::default();
+        let mut flag = WakeFlag::default();
         assert!(flag.take(&cx), "never polled: due");
         assert!(!flag.take(&cx), "not woken since");
         flag.waker().wake_by_ref();
@@ -104,9 +142,45 @@ mod tests {
         assert_eq!(task.0.load(Ordering::Relaxed), 1, "set wakes no task");
     }
 
+    #[test]
+    fn every_wake_reaches_the_task_that_polled_last() {
+        let first = Arc::new(Counter(AtomicUsize::new(0)));
+        let second = Arc::new(Counter(AtomicUsize::new(0)));
+        let (first_waker, second_waker) = (Waker::from(first.clone()), Waker::from(second.clone()));
+        let mut flag = WakeFlag::default();
+        assert!(flag.take(&Context::from_waker(&first_waker)));
+        for round in 1..=3 {
+            // Registered once, the task stays registered across wake-ups.
+            flag.waker().wake_by_ref();
+            assert_eq!(first.0.load(Ordering::Relaxed), round);
+            assert!(flag.take(&Context::from_waker(&first_waker)));
+            assert!(!flag.take(&Context::from_waker(&first_waker)));
+        }
+        // Polled from another task: that one is woken from now on.
+        assert!(!flag.take(&Context::from_waker(&second_waker)));
+        flag.waker().wake_by_ref();
+        assert_eq!(
+            first.0.load(Ordering::Relaxed),
+            3,
+            "the old task is left alone"
+        );
+        assert_eq!(second.0.load(Ordering::Relaxed), 1);
+        assert!(flag.take(&Context::from_waker(&second_waker)));
+        // Dropped: the task is let go, and a late wake-up is harmless.
+        let late = flag.waker().clone();
+        drop(flag);
+        assert_eq!(
+            Arc::strong_count(&second),
+            2,
+            "only the test's two handles are left"
+        );
+        late.wake();
+        assert_eq!(second.0.load(Ordering::Relaxed), 1);
+    }
+
     #[tokio::test]
     async fn a_wake_from_another_thread_reaches_the_task() {
-        let flag = WakeFlag::default();
+        let mut flag = WakeFlag::default();
         let waker = flag.waker().clone();
         let mut polled = false;
         let waiting = tokio::spawn(std::future::poll_fn(move |cx| {

@@ -214,16 +214,10 @@ async fn an_idle_relay_holds_no_buffer() {
     let (client_gate, mut client) = duplex(64 * 1024);
     let (upstream_gate, mut upstream) = duplex(64 * 1024);
     let mut relay = relay(client_gate, upstream_gate, None);
-    let mut poll_once = || {
-        futures_util::FutureExt::now_or_never(std::future::poll_fn(|cx| {
-            Poll::Ready(Pin::new(&mut relay).poll(cx))
-        }))
-        .unwrap()
-    };
-    assert!(poll_once().is_pending());
+    assert!(poll_once(&mut relay).is_pending());
     client.write_all(&[5u8; 20_000]).await.unwrap();
     upstream.write_all(&frame(2, 20_000, 6)).await.unwrap();
-    assert!(poll_once().is_pending());
+    assert!(poll_once(&mut relay).is_pending());
     let mut got = vec![0u8; 20_000];
     upstream.read_exact(&mut got).await.unwrap();
     assert!(got.iter().all(|b| *b == 5));
@@ -361,4 +355,37 @@ async fn a_quiet_side_is_not_read_while_the_other_talks() {
     assert_eq!(&got, b"now", "and is read as soon as it sends");
     drop((client, upstream));
     finished(task).await;
+}
+
+fn poll_once<R: Future<Output = ()> + Unpin>(relay: &mut R) -> Poll<()> {
+    futures_util::FutureExt::now_or_never(std::future::poll_fn(|cx| {
+        Poll::Ready(Pin::new(&mut *relay).poll(cx))
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_slow_reader_holds_one_buffer_only_until_it_has_caught_up() {
+    let (client_gate, mut client) = duplex(64 * 1024);
+    // The upstream takes at most 1000 bytes until it reads.
+    let (upstream_gate, mut upstream) = duplex(1000);
+    let mut relay = relay(client_gate, upstream_gate, None);
+    let sent: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
+    client.write_all(&sent).await.unwrap();
+    assert!(poll_once(&mut relay).is_pending());
+    assert_eq!(
+        relay.up.bytes.held(),
+        crate::proxy::lazy_buf::CAPACITY,
+        "what the upstream did not take is kept"
+    );
+    assert_eq!(relay.up.bytes.pending().len(), 4000);
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        let mut chunk = [0u8; 700];
+        let n = upstream.read(&mut chunk).await.unwrap();
+        got.extend_from_slice(&chunk[..n]);
+        assert!(poll_once(&mut relay).is_pending());
+    }
+    assert_eq!(got, sent, "in order, nothing lost");
+    assert_eq!(relay.up.bytes.held(), 0, "given back once written");
 }

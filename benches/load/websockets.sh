@@ -62,9 +62,11 @@ fs.writeFileSync(process.argv[2], JSON.stringify({
   procs: { upstream: $UPSTREAM_PID, nginx: $PROXY_PID, apache: $APACHE_PID, gate: $GATE_PID },
   targets: [
     { id: 'direct', name: 'direct upstream', url: 'ws://127.0.0.1:$ECHO_PORT/ws', headers: [origin($ECHO_PORT)], server: 'upstream' },
-    { id: 'nginx', name: 'nginx proxy', url: 'ws://127.0.0.1:$PROXY_PORT/ws', headers: [origin($PROXY_PORT)], server: 'nginx' },
     // Echo only: the idle test is the gate's (nginx for reference).
     { id: 'apache', name: 'Apache+mod_auth_openidc (cookie)', url: 'ws://127.0.0.1:$APACHE_PORT/ws', headers: [origin($APACHE_PORT), 'Cookie: ' + process.env.APACHE_COOKIE], server: 'apache' },
+    // nginx and the gate run one after the other in every round (the order
+    // turns round each round), so their per-round ratio compares like with like.
+    { id: 'nginx', name: 'nginx proxy', url: 'ws://127.0.0.1:$PROXY_PORT/ws', headers: [origin($PROXY_PORT)], server: 'nginx' },
     { id: 'gate', name: 'ssogate (cookie)', url: 'ws://127.0.0.1:$GATE_PORT/ws', headers: [origin($GATE_PORT), 'Cookie: ' + process.env.GATE_COOKIE], server: 'gate' },
   ],
   refused: { id: 'gate', headers: [origin($GATE_PORT), 'Accept: application/json'] },
@@ -76,7 +78,7 @@ fs.writeFileSync(process.argv[2], JSON.stringify({
       upstream: 'benches/load/wstool echo (tokio-tungstenite, 2 threads)',
       nginx: 'nginx $(nginx -v 2>&1 | sed 's/.*\///'), worker_processes 2, proxy_http_version 1.1, Upgrade/Connection passed',
       apache: '$(/usr/sbin/apache2 -v | head -1 | sed 's/Server version: //'), mpm_event 2x64 threads, mod_auth_openidc $(dpkg-query -W -f='${Version}' libapache2-mod-auth-openidc 2>/dev/null), OIDCCacheType shm, ProxyPass upgrade=websocket',
-      gate: 'ssogate release (tokio multi-thread, 2 workers), plain http, session cookie',
+      gate: 'ssogate release, 2 serving threads (a current-thread runtime each), plain http, session cookie',
     },
   },
 }, null, 2));

@@ -3,8 +3,8 @@
 //! whose waker fired.
 //!
 //! A WebSocket relay is woken by one side's bytes at a time, and polling
-//! the other side to find it has nothing costs a buffer taken and given
-//! back and a read through several layers; a session guard is woken once in
+//! the other side to find it has nothing costs a read through several
+//! layers and a waker registered under a lock; a session guard is woken once in
 //! its life, and polling it takes the lock of a watch channel that all of
 //! the session's live connections share. With a flag each, asking whether
 //! a part has anything to do costs one atomic load when it was not woken,

@@ -128,19 +128,15 @@ impl Leg {
             }
             let pending = self.bytes.pending();
             if !pending.is_empty() {
-                let writable = match frames.as_deref() {
-                    Some(frames) if stopping => frames.until_boundary(pending),
-                    _ => pending.len(),
-                };
-                if writable == 0 {
-                    return self.poll_stopped(cx, to);
-                }
-                let n = ready!(Pin::new(&mut *to).poll_write(cx, &pending[..writable]))?;
+                let n = ready!(poll_write_frames(
+                    cx,
+                    to,
+                    pending,
+                    frames.as_deref_mut(),
+                    stopping
+                ))?;
                 if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                if let Some(frames) = frames.as_deref_mut() {
-                    frames.advance(&pending[..n]);
+                    return self.poll_stopped(cx, to);
                 }
                 self.bytes.consume(n);
                 self.unflushed = true;
@@ -153,21 +149,12 @@ impl Leg {
             // buffer; only what `to` does not take at once is kept.
             let kept = &mut self.bytes;
             let read = poll_read_scratch(cx, from, |cx, read| {
-                let writable = match frames.as_deref() {
-                    Some(frames) if stopping => frames.until_boundary(read),
-                    _ => read.len(),
-                };
-                let written = match Pin::new(&mut *to).poll_write(cx, &read[..writable]) {
-                    Poll::Ready(Ok(0)) if writable > 0 => {
-                        return Err(io::Error::from(io::ErrorKind::WriteZero));
-                    }
-                    Poll::Ready(Ok(n)) => n.min(writable),
+                let written = match poll_write_frames(cx, to, read, frames.as_deref_mut(), stopping)
+                {
+                    Poll::Ready(Ok(n)) => n,
                     Poll::Ready(Err(e)) => return Err(e),
                     Poll::Pending => 0,
                 };
-                if let Some(frames) = frames.as_deref_mut() {
-                    frames.advance(&read[..written]);
-                }
                 kept.keep(&read[written..]);
                 Ok(written)
             });
@@ -208,6 +195,33 @@ impl Leg {
     fn done(&self) -> bool {
         self.state == LegState::Done
     }
+}
+
+/// One write of `bytes` to `to`, with `frames` and `stopping` only up to
+/// the next frame boundary; the bytes written are counted in `frames`.
+/// `Ready(Ok(0))` only at that boundary: nothing more may be written.
+fn poll_write_frames<W: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    to: &mut W,
+    bytes: &[u8],
+    frames: Option<&mut Frames>,
+    stopping: bool,
+) -> Poll<io::Result<usize>> {
+    let writable = match frames.as_deref() {
+        Some(frames) if stopping => frames.until_boundary(bytes),
+        _ => bytes.len(),
+    };
+    if writable == 0 {
+        return Poll::Ready(Ok(0));
+    }
+    let n = ready!(Pin::new(to).poll_write(cx, &bytes[..writable]))?.min(writable);
+    if n == 0 {
+        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+    }
+    if let Some(frames) = frames {
+        frames.advance(&bytes[..n]);
+    }
+    Poll::Ready(Ok(n))
 }
 
 impl<C, U> Future for Relay<C, U>

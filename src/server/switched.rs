@@ -9,9 +9,9 @@
 //! dynamic dispatch, each layer's pass-through. So the relay takes the
 //! connection back out of them ([`Upgraded::downcast`]) and reads it
 //! directly, with hyper's unread bytes, and then any the own path read that
-//! hyper never asked for, first: 3 438 instructions per relayed 64 B
-//! message (a frame each way) instead of 3 659, 3 634 instead of 3 796 at
-//! 16 KiB (`benches/load/instructions.sh`). A connection of any other type
+//! hyper never asked for, first: about 4–6 % fewer instructions per relayed
+//! message (`benches/load/instructions.sh`; figures in
+//! `benches/load/README.md`). A connection of any other type
 //! (one hyper-util's protocol detection served, an HTTP/2 stream) is
 //! relayed as hyper hands it over.
 
@@ -42,11 +42,11 @@ pub enum SwitchedClient {
 /// served through.
 pub fn take_back(upgraded: Upgraded) -> SwitchedClient {
     let upgraded = match upgraded.downcast::<HyperIo<TcpStream>>() {
-        Ok(parts) => return SwitchedClient::Plain(unwrap(parts.io, parts.read_buf)),
+        Ok(parts) => return SwitchedClient::Plain(out_of_layers(parts.io, parts.read_buf)),
         Err(upgraded) => upgraded,
     };
     match upgraded.downcast::<HyperIo<TlsStream<TcpStream>>>() {
-        Ok(parts) => SwitchedClient::Tls(Box::new(unwrap(parts.io, parts.read_buf))),
+        Ok(parts) => SwitchedClient::Tls(Box::new(out_of_layers(parts.io, parts.read_buf))),
         Err(upgraded) => SwitchedClient::Hyper(TokioIo::new(upgraded)),
     }
 }
@@ -57,7 +57,7 @@ pub fn take_back(upgraded: Upgraded) -> SwitchedClient {
 /// upgrade request), so that neither hyper's read buffer nor the own
 /// path's, which they are slices of, is kept for the connection's life: an
 /// idle WebSocket holds no buffer.
-fn unwrap<I>(io: HyperIo<I>, unread: bytes::Bytes) -> Prefixed<I> {
+fn out_of_layers<I>(io: HyperIo<I>, unread: bytes::Bytes) -> Prefixed<I> {
     let (left, io) = io.into_inner().into_inner().into_inner().into_parts();
     let mut read = BytesMut::with_capacity(unread.len() + left.len());
     read.extend_from_slice(&unread);

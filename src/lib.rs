@@ -22,6 +22,7 @@ pub mod router;
 pub mod routes;
 pub mod server;
 pub mod session;
+pub mod tcp;
 pub mod telemetry;
 
 pub use app::App;

@@ -33,6 +33,7 @@ use super::ProxyError;
 use super::h1::{self, Conn, SendError};
 use super::stream::Stream;
 use crate::respond::Body;
+use crate::tcp::Tcp;
 
 /// Idle upstream connections a serving thread keeps per upstream: as many
 /// as nginx's `keepalive 256` per worker. A bound well above what a thread
@@ -383,7 +384,7 @@ impl Pool {
             }?;
             tcp.set_nodelay(true)?;
             let Some(tls) = &self.tls else {
-                return Ok(Stream::Plain(tcp));
+                return Ok(Stream::Plain(Tcp::new(tcp)));
             };
             let connector = match (h2, &tls.h2) {
                 (true, Some(h2)) => h2,

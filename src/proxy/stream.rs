@@ -11,8 +11,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::tcp::Tcp;
+
 pub enum Stream {
-    Plain(TcpStream),
+    /// Read and written with direct system calls ([`Tcp`]).
+    Plain(Tcp),
     Tls(Box<TlsStream<TcpStream>>),
 }
 

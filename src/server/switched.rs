@@ -24,14 +24,16 @@ use tokio_rustls::server::TlsStream;
 use super::fast::Prefixed;
 use super::first_bytes::FirstBytes;
 use super::framing::Framing;
+use crate::tcp::Tcp;
 
 /// What hyper serves a connection the own HTTP/1.1 path handed over on.
 pub type HyperIo<I> = TokioIo<Framing<FirstBytes<Prefixed<I>>>>;
 
 /// A switched client connection, ready to relay.
 pub enum SwitchedClient {
-    /// Plain TCP, with the bytes read and not yet relayed in front.
-    Plain(Prefixed<TcpStream>),
+    /// Plain TCP, with the bytes read and not yet relayed in front, read
+    /// and written with direct system calls ([`Tcp`]).
+    Plain(Prefixed<Tcp>),
     /// TLS, likewise (boxed: rustls' connection state is over a kilobyte).
     Tls(Box<Prefixed<TlsStream<TcpStream>>>),
     /// Any other connection, as hyper hands it over.
@@ -42,7 +44,10 @@ pub enum SwitchedClient {
 /// served through.
 pub fn take_back(upgraded: Upgraded) -> SwitchedClient {
     let upgraded = match upgraded.downcast::<HyperIo<TcpStream>>() {
-        Ok(parts) => return SwitchedClient::Plain(out_of_layers(parts.io, parts.read_buf)),
+        Ok(parts) => {
+            let (read, io) = out_of_layers(parts.io, parts.read_buf).into_parts();
+            return SwitchedClient::Plain(Prefixed::new(read, Tcp::new(io)));
+        }
         Err(upgraded) => upgraded,
     };
     match upgraded.downcast::<HyperIo<TlsStream<TcpStream>>>() {

@@ -166,7 +166,7 @@ async fn assert_closed(mut tcp: TcpStream) {
 
 async fn connect(addr: SocketAddr) -> Conn {
     Conn::new(
-        Stream::Plain(TcpStream::connect(addr).await.unwrap()),
+        Stream::Plain(TcpStream::connect(addr).await.unwrap().into()),
         UPSTREAM,
     )
 }

@@ -142,3 +142,29 @@ for BIN in "$@"; do
   fi
   i=$((i + 1))
 done
+
+if [[ -n ${BENCH_NGINX:-} ]]; then
+  read -r NGX_HTTP NGX_WS < <(free_ports 2)
+  dir="$WORK/nginx-proxy"
+  mkdir -p "$dir"
+  blocks=$UPGRADE_MAP
+  [[ -n $HTTP_MODES ]] && blocks+=$'\n'$(proxy_block "$NGX_HTTP" "$UP_PORT" 4k)
+  [[ -n $WS_MODES ]] && blocks+=$'\n'$(proxy_block "$NGX_WS" "$ECHO_PORT" 1k)
+  nginx_conf "$dir" 1 "$blocks"
+  nginx -t -q -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" 2>"$dir/test.log" ||
+    { cat "$dir/test.log" >&2; die "nginx config $dir/nginx.conf is invalid"; }
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind-nginx.%p" \
+    nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off; master_process off;' \
+    </dev/null >"$dir/stdout.log" 2>&1 &
+  GATE_PID=$!
+  track "$GATE_PID"
+  BIN=nginx
+  if [[ -n $HTTP_MODES ]]; then
+    wait_http "http://127.0.0.1:$NGX_HTTP/hello" 200 30
+    for mode in $HTTP_MODES; do count nginx "$mode" "$NGX_HTTP"; done
+  fi
+  if [[ -n $WS_MODES ]]; then
+    wait_http "http://127.0.0.1:$NGX_WS/" 200 30
+    for mode in $WS_MODES; do count nginx "$mode" "$NGX_WS"; done
+  fi
+fi

@@ -230,10 +230,24 @@ start_upstream() { # PORT [H2C_PORT]
 # $WORK; LISTEN_OPTS are more parameters of its listen directive (run.sh's
 # second proxy gives "reuseport").
 start_proxy() { # PORT UPSTREAM_PORT [HEADER_BUFFER] [NAME] [LISTEN_OPTS]
-  local port=$1 up=$2 header_buffer=${3:-1k} dir="$WORK/${4:-nginx-proxy}" listen_opts=${5:-}
+  local dir="$WORK/${4:-nginx-proxy}"
   mkdir -p "$dir"
-  nginx_conf "$dir" 2 "  map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
-  upstream up {
+  nginx_conf "$dir" 2 "$UPGRADE_MAP
+$(proxy_block "$1" "$2" "${3:-1k}" "${5:-}")"
+  start_nginx "$dir"
+  PROXY_PID=$NGINX_PID
+}
+
+# What proxy_block's Connection header needs, once per configuration.
+UPGRADE_MAP="  map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }"
+
+# proxy_block PORT UPSTREAM_PORT HEADER_BUFFER [LISTEN_OPTS]: the upstream
+# and server blocks of the plain proxy on PORT (its upstream block is named
+# up_PORT, so several fit in one configuration).
+proxy_block() {
+  local port=$1 up=$2 header_buffer=$3 listen_opts=${4:-}
+  cat <<EOF
+  upstream up_$port {
     server 127.0.0.1:$up;
     keepalive 256;
     keepalive_requests 1000000000;
@@ -245,7 +259,7 @@ start_proxy() { # PORT UPSTREAM_PORT [HEADER_BUFFER] [NAME] [LISTEN_OPTS]
     # carries the gate's 1.3 KB cookie twice (two more system calls a request).
     client_header_buffer_size $header_buffer;
     location / {
-      proxy_pass http://up;
+      proxy_pass http://up_$port;
       proxy_http_version 1.1;
       proxy_set_header Host \$host;
       proxy_set_header Upgrade \$http_upgrade;
@@ -259,9 +273,8 @@ start_proxy() { # PORT UPSTREAM_PORT [HEADER_BUFFER] [NAME] [LISTEN_OPTS]
       proxy_buffer_size 16k;
       proxy_buffers 8 16k;
     }
-  }"
-  start_nginx "$dir"
-  PROXY_PID=$NGINX_PID
+  }
+EOF
 }
 
 # The pinned test provider on $IDP_HOST. start_idp REDIRECT_URIS POST_LOGOUT_URIS

@@ -38,10 +38,6 @@ impl Tcp {
     pub fn new(stream: TcpStream) -> Self {
         Self(stream)
     }
-
-    pub fn get_ref(&self) -> &TcpStream {
-        &self.0
-    }
 }
 
 impl From<TcpStream> for Tcp {
@@ -77,14 +73,14 @@ fn poll_call(
             Ok(n)
         });
         match (moved, answer) {
-            (Some(n), _) => return Poll::Ready(Ok(n)),
+            (Some(n), _) | (None, Ok(n)) => return Poll::Ready(Ok(n)),
+            // Would block: tokio cleared the readiness; wait for it again.
             (None, Err(e))
                 if matches!(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                 ) => {}
             (None, Err(e)) => return Poll::Ready(Err(e)),
-            (None, Ok(n)) => return Poll::Ready(Ok(n)),
         }
     }
 }

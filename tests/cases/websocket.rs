@@ -170,3 +170,72 @@ async fn websocket_origins_foreign_is_refused_none_and_allowed_ones_are_accepted
             .all(|r| r.header("x-forwarded-user") == Some("alice"))
     );
 }
+
+/// Over plain TCP both connections are read and written with the gate's
+/// direct system calls (`src/tcp.rs`): small messages in a burst, one far
+/// larger than a relay read (so reads fill the buffer and writes are
+/// partial), and text after it all come back whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_plain_http_a_websocket_relays_bursts_and_large_messages_in_order() {
+    let w = super::hostile::plain_world(&[]).await;
+    let b = w.signed_in("alice").await;
+    let port = w.gate.port;
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut req = format!("ws://127.0.0.1:{port}/ws")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        http::header::COOKIE,
+        HeaderValue::from_str(&cookie_header(&w, &b)).unwrap(),
+    );
+    req.headers_mut().insert(
+        http::header::ORIGIN,
+        HeaderValue::from_str(&w.url("")).unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("WebSocket through the plain gate");
+
+    for i in 0..50u8 {
+        ws.feed(Message::binary(vec![i; 64])).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    for i in 0..50u8 {
+        let got = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("no echo within 10 s")
+            .expect("the WebSocket ended")
+            .unwrap();
+        assert_eq!(got, Message::binary(vec![i; 64]), "message {i}");
+    }
+
+    let large: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        ws.send(Message::binary(large.clone())).await.unwrap();
+        ws.send(Message::text("after the large one")).await.unwrap();
+    })
+    .await
+    .expect("the gate did not take 4 MiB within 20 s");
+    let got = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        .await
+        .expect("no echo of 4 MiB within 20 s")
+        .expect("the WebSocket ended")
+        .unwrap();
+    assert!(
+        got == Message::binary(large),
+        "the 4 MiB message came back changed"
+    );
+    let got = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("no echo within 10 s")
+        .expect("the WebSocket ended")
+        .unwrap();
+    assert_eq!(got, Message::text("after the large one"));
+
+    ws.close(None).await.unwrap();
+    assert_eventually!(
+        w.upstream.open_websockets() == 0,
+        Duration::from_secs(5),
+        "the upstream WebSocket stayed open after the client closed"
+    );
+}

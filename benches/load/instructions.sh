@@ -156,6 +156,8 @@ if [[ -n ${BENCH_NGINX:-} ]]; then
   valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind-nginx.%p" \
     nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off; master_process off;' \
     </dev/null >"$dir/stdout.log" 2>&1 &
+  # count() reads the process under callgrind from GATE_PID and the name
+  # it prints from BIN.
   GATE_PID=$!
   track "$GATE_PID"
   BIN=nginx

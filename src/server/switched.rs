@@ -45,13 +45,14 @@ pub enum SwitchedClient {
 pub fn take_back(upgraded: Upgraded) -> SwitchedClient {
     let upgraded = match upgraded.downcast::<HyperIo<TcpStream>>() {
         Ok(parts) => {
-            let (read, io) = out_of_layers(parts.io, parts.read_buf).into_parts();
-            return SwitchedClient::Plain(Prefixed::new(read, Tcp::new(io)));
+            return SwitchedClient::Plain(out_of_layers(parts.io, parts.read_buf, Tcp::new));
         }
         Err(upgraded) => upgraded,
     };
     match upgraded.downcast::<HyperIo<TlsStream<TcpStream>>>() {
-        Ok(parts) => SwitchedClient::Tls(Box::new(out_of_layers(parts.io, parts.read_buf))),
+        Ok(parts) => {
+            SwitchedClient::Tls(Box::new(out_of_layers(parts.io, parts.read_buf, |tls| tls)))
+        }
         Err(upgraded) => SwitchedClient::Hyper(TokioIo::new(upgraded)),
     }
 }
@@ -61,13 +62,18 @@ pub fn take_back(upgraded: Upgraded) -> SwitchedClient {
 /// Both are copied out (they are rare: what a client sends right behind its
 /// upgrade request), so that neither hyper's read buffer nor the own
 /// path's, which they are slices of, is kept for the connection's life: an
-/// idle WebSocket holds no buffer.
-fn out_of_layers<I>(io: HyperIo<I>, unread: bytes::Bytes) -> Prefixed<I> {
+/// idle WebSocket holds no buffer. `relay_as` gives the connection the
+/// type it is relayed through.
+fn out_of_layers<I, R>(
+    io: HyperIo<I>,
+    unread: bytes::Bytes,
+    relay_as: impl FnOnce(I) -> R,
+) -> Prefixed<R> {
     let (left, io) = io.into_inner().into_inner().into_inner().into_parts();
     let mut read = BytesMut::with_capacity(unread.len() + left.len());
     read.extend_from_slice(&unread);
     read.extend_from_slice(&left);
-    Prefixed::new(read, io)
+    Prefixed::new(read, relay_as(io))
 }
 
 #[cfg(test)]

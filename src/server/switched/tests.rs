@@ -213,7 +213,7 @@ async fn unread_bytes_come_before_those_hyper_never_took() {
         1024,
         Arc::new(Verdicts::default()),
     );
-    let mut taken = out_of_layers(io, Bytes::from_static(b"first"));
+    let mut taken = out_of_layers(io, Bytes::from_static(b"first"), |io| io);
     assert_eq!(taken.held(), 13);
     client.write_all(b"-third").await.unwrap();
     let mut got = [0; 19];
